@@ -1,0 +1,42 @@
+# crossdistill — all set-up happens here; a fresh clone needs only python3 (3.10-3.12).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU build of torch; on a GPU node install the CUDA build of the same version instead.
+TORCH_SPEC ?= torch==2.13.0
+RUN_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test test-fast lint format compile upload images validate bench bench-quality clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned, so no version range below can pull a multi-GB CUDA build.
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv with everything installed
+
+run: venv  ## the main job: distil a Keras teacher into a PyTorch student over gRPC on digits
+	$(VENV)/bin/crossdistill demo --out $(RUN_DIR)
+
+test: venv  ## all tests (slow end-to-end cases included)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv  ## tests without the slow end-to-end cases
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: venv  ## ruff
+	$(VENV)/bin/ruff check src tests components pipelines benchmarks
+
+format: venv
+	$(VENV)/bin/ruff format src tests components pipelines benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
