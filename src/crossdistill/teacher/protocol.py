@@ -1,0 +1,46 @@
+"""The wire contract between a student and a teacher over the Open Inference Protocol (v2).
+
+Request: tensor ``input`` (FP32, ``[B, *input_shape]``) and ``ids`` (INT64, ``[B]``, stable example
+ids), plus request parameters: ``top_k`` (int, 0 = dense logits), ``temperature`` (float, for top-k
+log-probabilities), ``fp16`` (bool, halves the logits on the wire), ``layers`` (comma-separated
+names of intermediate layers to return). Response: ``ids`` echoed, then ``logits`` (``[B, C]``), or
+``topk_logprobs`` + ``topk_indices`` (``[B, k]``: log-softmax(z / T) of the k largest classes, so the
+student knows exactly how much probability mass lies outside the top k), and ``layer/<name>`` per
+requested layer. Any OIP server that returns ``logits`` for ``input`` (Triton, MLServer, ...) can
+teach in dense mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+INPUT = "input"
+IDS = "ids"
+LOGITS = "logits"
+TOPK_LOGPROBS = "topk_logprobs"
+TOPK_INDICES = "topk_indices"
+LAYER_PREFIX = "layer/"
+
+PARAM_TOP_K = "top_k"
+PARAM_TEMPERATURE = "temperature"
+PARAM_FP16 = "fp16"
+PARAM_LAYERS = "layers"
+
+DEFAULT_MODEL_NAME = "teacher"
+
+
+@dataclass
+class TeacherOutput:
+    """What the teacher said about one batch, keyed by example id."""
+
+    ids: np.ndarray
+    logits: np.ndarray | None = None
+    topk_logprobs: np.ndarray | None = None
+    topk_indices: np.ndarray | None = None
+    temperature: float = 1.0
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
