@@ -1,0 +1,61 @@
+"""Strict configuration and the CLI around it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crossdistill.cli import main
+from crossdistill.config import load_config, parse_overrides
+from crossdistill.data.splits import PrepareDataConfig
+from crossdistill.deploy.config import TeacherServeConfig
+from crossdistill.errors import ConfigError
+
+
+def test_unknown_key_is_an_error_naming_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: digits\nstudent_lables: 10\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'student_lables'.*check the spelling"):
+        load_config(PrepareDataConfig, str(cfg))
+
+
+def test_nested_unknown_key_and_bad_value_are_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'resources.gpus'"):
+        TeacherServeConfig.parse({"model_uri": "m.keras", "resources": {"gpus": 1}})
+    with pytest.raises(ConfigError, match=r"name: String should match pattern"):
+        TeacherServeConfig.parse({"model_uri": "m.keras", "name": "Not_DNS"})
+
+
+def test_overrides_are_nested_and_typed():
+    assert parse_overrides(["a.b=3", "c=x", "d=[1, 2]", "e=true"]) == {
+        "a": {"b": 3}, "c": "x", "d": [1, 2], "e": True}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["oops"])
+
+
+def test_file_then_overrides(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"student_labels": 10, "seed": 1}))
+    merged = load_config(PrepareDataConfig, str(cfg), ["seed=7"])
+    assert (merged.student_labels, merged.seed) == (10, 7)
+
+
+def test_cli_rejects_unknown_key_with_exit_code_1(capsys):
+    assert main(["prepare-data", "--print-config", "student_lables=3"]) == 1
+    assert "unknown key 'student_lables'" in capsys.readouterr().err
+
+
+def test_cli_prints_validated_config_and_schema(capsys):
+    assert main(["prepare-data", "--print-config", "seed=4"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 4
+    assert main(["prepare-data", "--show-schema"]) == 0
+    assert "student_labels = 64" in capsys.readouterr().out
+
+
+def test_console_script_help_lists_every_step():
+    out = subprocess.run([sys.executable, "-m", "crossdistill.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for step in ("teacher-serve", "pseudo-label", "student-train", "evaluate", "expert-evaluate",
+                 "trust-model-train", "demo"):
+        assert step in out
