@@ -32,6 +32,12 @@ test: venv  ## all tests (slow end-to-end cases included)
 test-fast: venv  ## tests without the slow end-to-end cases
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+images:  ## build the container images with docker or podman (says so when no engine answers)
+	bash images/build.sh
+
+validate: venv  ## build every kustomize overlay, schema-check it, hadolint + checkov on manifests and Dockerfiles
+	$(PY) scripts/validate.py
+
 lint: venv  ## ruff
 	$(VENV)/bin/ruff check src tests components pipelines benchmarks
 

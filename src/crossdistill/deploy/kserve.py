@@ -1,0 +1,180 @@
+"""The teacher as a KServe InferenceService on the ``crossdistill-teacher`` ServingRuntime (manifests/base).
+
+The runtime fixes the server command, ports (REST 8080, gRPC 8081) and ``--config``; KServe appends the
+InferenceService's ``args`` to the runtime's, so the model-specific ``key=value`` overrides live here.
+Raw (plain Deployment) mode: gRPC needs no Knative/Istio and the NetworkPolicy applies to the pods.
+``schema_errors(obj)`` checks a serving.kserve.io object against the KServe SDK's OpenAPI models (the
+CRDs' schema, installed with ``kserve``), so manifests and built objects are validated offline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from typing import Any
+
+from crossdistill.deploy import kubernetes as k8s
+from crossdistill.deploy.config import Endpoint, TeacherServeConfig
+from crossdistill.errors import ConfigError
+
+RUNTIME = "crossdistill-teacher"
+MODEL_FORMAT = "crossdistill"
+# "RawDeployment" is accepted by every KServe >= 0.8 (newer releases read it as "Standard").
+DEPLOYMENT_MODE = "RawDeployment"
+API_VERSION = "serving.kserve.io/v1beta1"
+
+
+def model_args(cfg: TeacherServeConfig) -> list[str]:
+    """The ``key=value`` overrides KServe appends to the runtime's server arguments."""
+    values = {"model_uri": cfg.model_uri, "model_format": cfg.model_format, "model_name": cfg.model_name,
+              "output_is_probs": cfg.output_is_probs, "workers_threads": cfg.workers_threads}
+    return [k8s._arg(k, v) for k, v in values.items()]
+
+
+def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
+    """The InferenceService serving ``cfg``'s teacher (what ``deploy`` applies)."""
+    pod = k8s.pod_spec(cfg)
+    container = k8s.container(cfg)
+    model = {
+        "modelFormat": {"name": MODEL_FORMAT},
+        "runtime": RUNTIME,
+        "protocolVersion": "v2",
+        "image": container["image"],  # the TPU build when a TPU is asked for
+        "args": model_args(cfg),
+        "resources": container["resources"],
+        "readinessProbe": container["readinessProbe"],
+        "securityContext": container["securityContext"],
+        "volumeMounts": container["volumeMounts"],
+    }
+    predictor: dict[str, Any] = {
+        "minReplicas": 1,
+        "maxReplicas": 1,
+        "labels": k8s.labels(cfg),
+        "model": model,
+        **{k: v for k, v in pod.items() if k != "containers"},
+    }
+    isvc = {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceService",
+        "metadata": {"name": cfg.name, "namespace": cfg.namespace, "labels": k8s.labels(cfg),
+                     "annotations": {"serving.kserve.io/deploymentMode": DEPLOYMENT_MODE}},
+        "spec": {"predictor": predictor},
+    }
+    return [isvc]
+
+
+def predictor_service(cfg: TeacherServeConfig) -> dict[str, Any]:
+    """A stub naming the Service KServe creates for the predictor (for reading its ports)."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": f"{cfg.name}-predictor", "namespace": cfg.namespace}}
+
+
+def isvc_ready(live: dict[str, Any] | None) -> tuple[bool, str]:
+    if live is None:
+        return False, "the InferenceService does not exist"
+    conditions = (live.get("status") or {}).get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    if ready and ready.get("status") == "True":
+        return True, "ready"
+    described = "; ".join(f"{c.get('type')}={c.get('status')} ({c.get('reason')}: {c.get('message')})"
+                          for c in conditions)
+    return False, f"conditions: {described}" if described else "no status yet (is KServe installed?)"
+
+
+def endpoint(cfg: TeacherServeConfig, live: dict[str, Any] | None = None,
+             service: dict[str, Any] | None = None) -> Endpoint:
+    """The in-cluster endpoint: REST from the InferenceService status, gRPC from the predictor Service."""
+    host = f"{cfg.name}-predictor.{cfg.namespace}.svc.cluster.local"
+    http = ((live or {}).get("status") or {}).get("address", {}).get("url") or f"http://{host}"
+    grpc_port = k8s.GRPC_PORT
+    for port in ((service or {}).get("spec") or {}).get("ports") or []:
+        if port.get("targetPort") in (k8s.GRPC_PORT, "grpc", "h2c") or port.get("name") in ("grpc", "h2c"):
+            grpc_port = port["port"]
+            break
+    return Endpoint(name=cfg.name, grpc=f"{host}:{grpc_port}", http=http, model_name=cfg.model_name,
+                    backend="kserve", namespace=cfg.namespace)
+
+
+def deploy(cfg: TeacherServeConfig, client: Any = None) -> Endpoint:
+    """Apply the InferenceService, wait (cfg.ready_timeout_s) until it is Ready, return its endpoint."""
+    client = client or k8s.api_client()
+    (isvc,) = build_objects(cfg)
+    k8s.apply_objects(client, [isvc])
+    k8s.wait_until(lambda: isvc_ready(k8s.get_object(client, isvc)), cfg.ready_timeout_s,
+                   f"teacher InferenceService {cfg.namespace}/{cfg.name}")
+    return endpoint(cfg, k8s.get_object(client, isvc), k8s.get_object(client, predictor_service(cfg)))
+
+
+def teardown(cfg: TeacherServeConfig, client: Any = None) -> None:
+    """Delete the InferenceService (KServe removes what it created); nothing to delete is fine."""
+    k8s.delete_objects(client or k8s.api_client(), build_objects(cfg))
+
+
+# --- schema check against the KServe SDK's OpenAPI models ------------------------------------------
+
+_KINDS = {"InferenceService": "V1beta1InferenceService", "ServingRuntime": "V1alpha1ServingRuntime",
+          "ClusterServingRuntime": "V1alpha1ClusterServingRuntime"}
+_LIST = re.compile(r"^list\[(.+)\]$")
+_DICT = re.compile(r"^dict\(([^,]+), (.+)\)$")
+_SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                         "object": (object,), "datetime": (str,), "date": (str,)}
+
+
+def _model_class(name: str) -> Any:
+    saved = sys.argv
+    sys.argv = saved[:1]  # importing kserve parses sys.argv at module level
+    try:
+        kserve_models = importlib.import_module("kserve.models")
+    finally:
+        sys.argv = saved
+    cls = getattr(kserve_models, name, None)
+    if cls is None:
+        cls = getattr(importlib.import_module("kubernetes.client.models"), name, None)
+    if cls is None:
+        raise ConfigError(f"no OpenAPI model {name} in kserve or kubernetes")
+    return cls
+
+
+def _check(value: Any, type_name: str, path: str, errors: list[str]) -> None:
+    if type_name in _SCALARS:
+        ok = isinstance(value, _SCALARS[type_name]) and not (type_name in ("int", "float") and isinstance(value, bool))
+        if not ok:
+            errors.append(f"{path}: expected {type_name}, got {type(value).__name__} {value!r}")
+        return
+    if m := _LIST.match(type_name):
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected a list of {m.group(1)}, got {type(value).__name__}")
+            return
+        for i, item in enumerate(value):
+            _check(item, m.group(1), f"{path}[{i}]", errors)
+        return
+    if m := _DICT.match(type_name):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a mapping, got {type(value).__name__}")
+            return
+        for key, item in value.items():
+            _check(item, m.group(2), f"{path}.{key}", errors)
+        return
+    cls = _model_class(type_name)
+    if not isinstance(value, dict):
+        errors.append(f"{path}: expected an object ({type_name}), got {type(value).__name__}")
+        return
+    by_json = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    for key, item in value.items():
+        if key not in by_json:
+            errors.append(f"{path}.{key}: unknown field (not in {type_name})")
+            continue
+        _check(item, cls.openapi_types[by_json[key]], f"{path}.{key}", errors)
+
+
+def schema_errors(obj: dict[str, Any]) -> list[str]:
+    """Every unknown field and type mismatch of a serving.kserve.io object (empty = valid)."""
+    kind = obj.get("kind")
+    if kind not in _KINDS:
+        raise ConfigError(f"no KServe schema for kind {kind!r} (known: {', '.join(_KINDS)})")
+    if not str(obj.get("apiVersion", "")).startswith("serving.kserve.io/"):
+        return [f"apiVersion: expected serving.kserve.io/..., got {obj.get('apiVersion')!r}"]
+    errors: list[str] = []
+    _check(obj, _KINDS[kind], kind, errors)
+    return errors

@@ -1,0 +1,318 @@
+"""The teacher as a Kubernetes Deployment + Service, applied through the ``kubernetes`` python client.
+
+``build_objects(cfg)`` is the single source of the objects (tests validate exactly what ``deploy``
+applies). The pod carries the label the NetworkPolicy in ``manifests/base`` admits students to
+(``crossdistill.dev/role=teacher``), listens on KServe's default ports (REST 8080, gRPC 8081) and loads
+the model itself from ``cfg.model_uri`` (gs://, s3://, ...), with object-store settings from the
+``crossdistill-defaults`` ConfigMap. Objects are applied with server-side apply, so ``deploy`` is
+idempotent; ``teardown`` deletes by name and ignores what is already gone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from crossdistill.deploy.config import Endpoint, TeacherServeConfig
+from crossdistill.errors import ConfigError, TeacherError, TeacherUnavailableError
+
+HTTP_PORT = 8080  # KServe's default REST port
+GRPC_PORT = 8081  # KServe's default gRPC port
+ROLE_LABEL = "crossdistill.dev/role"
+TEACHER_ROLE = "teacher"
+STUDENT_ROLE = "student"
+DEFAULTS_CONFIGMAP = "crossdistill-defaults"
+S3_CREDENTIALS_SECRET = "crossdistill-s3-credentials"  # created by hand (overlays/minio); optional
+RUN_AS_USER = 10001  # the non-root user of every crossdistill image
+FIELD_MANAGER = "crossdistill"
+SERVER_COMMAND = ["python", "-m", "crossdistill.teacher.server"]
+POLL_S = 2.0
+
+
+def teacher_image(cfg: TeacherServeConfig) -> str:
+    """cfg.image, else the images.yaml teacher image (the TPU build when a TPU is asked for)."""
+    if cfg.image:
+        return cfg.image
+    from crossdistill.images import image_for
+
+    tpu = (cfg.resources.accelerator_type or "").startswith("google.com/tpu")
+    return image_for("teacher-tpu" if tpu else "teacher")
+
+
+def _arg(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{key}={'true' if value else 'false'}"
+    text = str(value)
+    # The server parses each value as a YAML scalar: quote strings YAML would read as something else.
+    if isinstance(value, str) and yaml.safe_load(text) != value:
+        text = yaml.safe_dump(value, default_style='"').strip()
+    return f"{key}={text}"
+
+
+def server_args(cfg: TeacherServeConfig) -> list[str]:
+    """Arguments of ``python -m crossdistill.teacher.server`` inside the container.
+
+    The server requires ``--config``; every value comes as a ``key=value`` override, so an empty one does.
+    """
+    values: dict[str, Any] = {
+        "model_uri": cfg.model_uri, "model_format": cfg.model_format, "model_name": cfg.model_name,
+        "output_is_probs": cfg.output_is_probs, "host": "0.0.0.0", "http_port": HTTP_PORT,
+        "grpc_port": GRPC_PORT, "workers_threads": cfg.workers_threads,
+    }
+    return ["--config", "/dev/null", *(_arg(k, v) for k, v in values.items())]
+
+
+def labels(cfg: TeacherServeConfig) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "crossdistill-teacher",
+        "app.kubernetes.io/instance": cfg.name,
+        "app.kubernetes.io/part-of": "crossdistill",
+        "app.kubernetes.io/component": "teacher-serve",
+        ROLE_LABEL: TEACHER_ROLE,
+    }
+
+
+def selector(cfg: TeacherServeConfig) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": cfg.name, ROLE_LABEL: TEACHER_ROLE}
+
+
+def resources(cfg: TeacherServeConfig) -> dict[str, dict[str, Any]]:
+    """Requests = limits (Guaranteed QoS; accelerators cannot be overcommitted anyway)."""
+    res = cfg.resources
+    amounts: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    if res.accelerator_type and res.accelerator_count > 0:
+        amounts[res.accelerator_type] = str(res.accelerator_count)
+    elif res.accelerator_type or res.accelerator_count:
+        raise ConfigError(f"resources: accelerator_type={res.accelerator_type!r} needs accelerator_count >= 1 "
+                          f"and a count needs a type (got {res.accelerator_count})")
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def tolerations(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
+    out = []
+    for t in cfg.tolerations:
+        item: dict[str, Any] = {"key": t.key, "operator": t.operator}
+        if t.operator == "Equal":
+            if t.value is None:
+                raise ConfigError(f"tolerations: key {t.key} with operator Equal needs a value")
+            item["value"] = t.value
+        if t.effect:
+            item["effect"] = t.effect
+        out.append(item)
+    return out
+
+
+def container(cfg: TeacherServeConfig, name: str = "teacher") -> dict[str, Any]:
+    """The teacher container: image, server args, ports, resources, probes, hardened security context."""
+    period = 5
+    return {
+        "name": name,
+        "image": teacher_image(cfg),
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(SERVER_COMMAND),
+        "args": server_args(cfg),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "KERAS_BACKEND", "value": "tensorflow"}],
+        "envFrom": [{"configMapRef": {"name": DEFAULTS_CONFIGMAP, "optional": True}},
+                    {"secretRef": {"name": S3_CREDENTIALS_SECRET, "optional": True}}],
+        "resources": resources(cfg),
+        # Loading a big model can take minutes: the startup probe allows ready_timeout_s for it.
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": period,
+                         "failureThreshold": max(1, math.ceil(cfg.ready_timeout_s / period))},
+        "readinessProbe": {"httpGet": {"path": f"/v2/models/{cfg.model_name}/ready", "port": "http"},
+                           "periodSeconds": period, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 15,
+                          "failureThreshold": 4},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def pod_spec(cfg: TeacherServeConfig) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the server never talks to the API server
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+                            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container(cfg)],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if cfg.service_account:
+        spec["serviceAccountName"] = cfg.service_account
+    if cfg.node_selector:
+        spec["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        spec["tolerations"] = tolerations(cfg)
+    return spec
+
+
+def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
+    """The Deployment and Service that serve ``cfg``'s teacher, as plain dicts (what ``deploy`` applies)."""
+    meta = {"name": cfg.name, "namespace": cfg.namespace, "labels": labels(cfg)}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector(cfg)},
+            "template": {"metadata": {"labels": labels(cfg)}, "spec": pod_spec(cfg)},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {**meta, "labels": labels(cfg)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(cfg),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                 "appProtocol": "grpc"},
+            ],
+        },
+    }
+    return [deployment, service]
+
+
+def endpoint(cfg: TeacherServeConfig) -> Endpoint:
+    """The in-cluster DNS endpoint of the Service."""
+    host = f"{cfg.name}.{cfg.namespace}.svc.cluster.local"
+    return Endpoint(name=cfg.name, grpc=f"{host}:{GRPC_PORT}", http=f"http://{host}:{HTTP_PORT}",
+                    model_name=cfg.model_name, backend="kubernetes", namespace=cfg.namespace)
+
+
+# --- talking to a cluster -------------------------------------------------------------------------
+
+_PLURALS = {"Deployment": "deployments", "Service": "services", "InferenceService": "inferenceservices"}
+
+
+def api_client() -> Any:
+    """A ``kubernetes.client.ApiClient`` from the in-cluster service account, else from kubeconfig."""
+    try:
+        import kubernetes
+    except ImportError:
+        raise ConfigError("the kubernetes and kserve backends need the 'kubernetes' package: "
+                          "pip install 'crossdistill[kfp]'") from None
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        try:
+            kubernetes.config.load_kube_config()
+        except (kubernetes.config.ConfigException, FileNotFoundError, OSError) as exc:
+            raise ConfigError(f"no Kubernetes cluster configured (not in a pod, and no usable kubeconfig: {exc})") \
+                from None
+    return kubernetes.client.ApiClient()
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    """The REST path of a namespaced object, e.g. /apis/apps/v1/namespaces/ns/deployments/name."""
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    if kind not in _PLURALS:
+        raise ConfigError(f"cannot apply kind {kind} (known: {', '.join(_PLURALS)})")
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    meta = obj["metadata"]
+    return f"{prefix}/namespaces/{meta['namespace']}/{_PLURALS[kind]}/{meta['name']}"
+
+
+def _describe(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+
+
+def _call(client: Any, method: str, path: str, what: str, *, body: Any = None, query: list | None = None,
+          headers: dict[str, str] | None = None, missing_ok: bool = False) -> dict[str, Any] | None:
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError as TransportError
+
+    try:
+        return client.call_api(path, method, query_params=query or [], header_params=headers or {},
+                               body=body, response_type="object", auth_settings=["BearerToken"],
+                               _return_http_data_only=True, _preload_content=True)
+    except ApiException as exc:
+        if missing_ok and exc.status == 404:
+            return None
+        hint = " (check the Role/RoleBinding of the service account in manifests/base)" \
+            if exc.status in (401, 403) else ""
+        raise TeacherError(f"{method} {what} failed: HTTP {exc.status} {exc.reason}: "
+                           f"{(exc.body or '')[:500]}{hint}") from None
+    except (OSError, TransportError) as exc:  # connection refused, DNS, TLS
+        raise TeacherUnavailableError(f"{method} {what}: the Kubernetes API server did not answer: {exc}") from None
+
+
+def apply_objects(client: Any, objects: list[dict[str, Any]]) -> None:
+    """Server-side apply of every object (creates or updates; idempotent)."""
+    for obj in objects:
+        _call(client, "PATCH", object_path(obj), _describe(obj), body=obj,
+              query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+              headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"})
+
+
+def delete_objects(client: Any, objects: list[dict[str, Any]]) -> None:
+    """Delete every object by name; those already gone are fine."""
+    for obj in reversed(objects):
+        _call(client, "DELETE", object_path(obj), _describe(obj), missing_ok=True,
+              body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+              headers={"Content-Type": "application/json", "Accept": "application/json"})
+
+
+def get_object(client: Any, obj: dict[str, Any]) -> dict[str, Any] | None:
+    return _call(client, "GET", object_path(obj), _describe(obj), missing_ok=True,
+                 headers={"Accept": "application/json"})
+
+
+def deployment_ready(live: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether a Deployment has rolled out with at least one ready pod, and why not."""
+    if live is None:
+        return False, "the Deployment does not exist"
+    status = live.get("status") or {}
+    generation = live.get("metadata", {}).get("generation", 0)
+    conditions = "; ".join(f"{c.get('type')}={c.get('status')} ({c.get('reason')}: {c.get('message')})"
+                           for c in status.get("conditions") or [])
+    if status.get("observedGeneration", 0) < generation:
+        return False, "the controller has not seen the latest spec yet"
+    want = live.get("spec", {}).get("replicas", 1)
+    if status.get("updatedReplicas", 0) >= want and status.get("availableReplicas", 0) >= want \
+            and status.get("readyReplicas", 0) >= want:
+        return True, "ready"
+    return False, (f"{status.get('readyReplicas', 0)}/{want} replicas ready"
+                   + (f"; conditions: {conditions}" if conditions else ""))
+
+
+def wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: str, poll_s: float = POLL_S) -> None:
+    """Poll ``check`` (0.25 s at first, backing off to ``poll_s``) until it says ready; after ``timeout_s``
+    raise TeacherUnavailableError with its last word."""
+    deadline = time.monotonic() + timeout_s
+    delay = min(0.25, poll_s)
+    while True:
+        ok, why = check()
+        if ok:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TeacherUnavailableError(f"{what} was not ready after ready_timeout_s={timeout_s:g} s: {why}")
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, poll_s)
+
+
+def deploy(cfg: TeacherServeConfig, client: Any = None) -> Endpoint:
+    """Apply the Deployment + Service, wait (cfg.ready_timeout_s) for a ready pod, return the DNS endpoint."""
+    client = client or api_client()
+    objects = build_objects(cfg)
+    apply_objects(client, objects)
+    deployment = objects[0]
+    wait_until(lambda: deployment_ready(get_object(client, deployment)), cfg.ready_timeout_s,
+               f"teacher {_describe(deployment)}")
+    return endpoint(cfg)
+
+
+def teardown(cfg: TeacherServeConfig, client: Any = None) -> None:
+    """Delete the Deployment and Service named ``cfg.name`` (nothing to delete is fine)."""
+    delete_objects(client or api_client(), build_objects(cfg))

@@ -1,0 +1,240 @@
+"""The kubernetes and kserve teacher backends.
+
+No Kubernetes API server can run on these machines, so ``deploy``/``teardown`` talk HTTP to a small
+API server stand-in on loopback that speaks the few REST calls they make (server-side apply PATCH,
+GET, DELETE) and plays the controller's part by reporting readiness. The real ``kubernetes`` client
+does every request, so paths, headers, bodies and error handling are exercised end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from crossdistill.deploy import kserve, kubernetes
+from crossdistill.deploy.config import TeacherServeConfig
+from crossdistill.errors import ConfigError, TeacherError, TeacherUnavailableError
+from crossdistill.images import image_for
+
+pytest.importorskip("kubernetes")
+
+
+class FakeApiServer:
+    """Objects by REST path; a Deployment/InferenceService turns ready after ``ready_after`` GETs."""
+
+    def __init__(self, ready_after: int | None = 1, deny: bool = False) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.ready_after = ready_after
+        self.deny = deny
+        self.gets: dict[str, int] = {}
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self) -> None:
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                fake.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
+                                      "content_type": self.headers.get("Content-Type"), "body": body})
+                if fake.deny:
+                    return self._reply(403, {"kind": "Status", "reason": "Forbidden", "code": 403})
+                code, reply = fake.handle(self.command, url.path, body)
+                self._reply(code, reply)
+
+            do_GET = do_PATCH = do_DELETE = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def handle(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+        not_found = {"kind": "Status", "reason": "NotFound", "code": 404}
+        if method == "PATCH":
+            old = self.objects.get(path, {})
+            generation = old.get("metadata", {}).get("generation", 0) + 1
+            self.objects[path] = {**body, "metadata": {**body["metadata"], "generation": generation}}
+            return 200, self.objects[path]
+        if method == "DELETE":
+            return (200, self.objects.pop(path)) if path in self.objects else (404, not_found)
+        if path.endswith("/services/t1-predictor"):  # what KServe creates for an InferenceService
+            if path.replace("/api/v1/", "/apis/serving.kserve.io/v1beta1/").replace(
+                    "/services/t1-predictor", "/inferenceservices/t1") not in self.objects:
+                return 404, not_found
+            return 200, {"kind": "Service", "spec": {"ports": [
+                {"name": "http", "port": 80, "targetPort": 8080}, {"name": "grpc", "port": 8081, "targetPort": 8081}]}}
+        if path not in self.objects:
+            return 404, not_found
+        obj = self.objects[path]
+        self.gets[path] = self.gets.get(path, 0) + 1
+        ready = self.ready_after is not None and self.gets[path] > self.ready_after
+        if obj["kind"] == "Deployment":
+            status = {"observedGeneration": obj["metadata"]["generation"], "replicas": 1, "updatedReplicas": 1,
+                      "readyReplicas": int(ready), "availableReplicas": int(ready),
+                      "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                                      "message": "pod waiting: ImagePullBackOff"}]}
+        elif obj["kind"] == "InferenceService":
+            status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                      "reason": None if ready else "ModelLoading", "message": None}],
+                      "address": {"url": "http://t1-predictor.ns1.svc.cluster.local"}}
+        else:
+            status = {}
+        return 200, {**obj, "status": status}
+
+    def client(self) -> Any:
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.url
+        return client.ApiClient(configuration)
+
+    def sent(self, method: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def _cfg(**extra: Any) -> TeacherServeConfig:
+    return TeacherServeConfig.parse({"model_uri": "gs://models/teacher.keras", "name": "t1", "namespace": "ns1",
+                                     "ready_timeout_s": 20, **extra})
+
+
+def test_kubernetes_deploy_applies_built_objects_and_waits(api: FakeApiServer) -> None:
+    cfg = _cfg(node_selector={"pool": "teachers"})
+    endpoint = kubernetes.deploy(cfg, client=api.client())
+    assert endpoint.grpc == "t1.ns1.svc.cluster.local:8081"
+    assert endpoint.http == "http://t1.ns1.svc.cluster.local:8080"
+    assert (endpoint.backend, endpoint.namespace, endpoint.model_name) == ("kubernetes", "ns1", "teacher")
+    patches = api.sent("PATCH")
+    assert [p["path"] for p in patches] == ["/apis/apps/v1/namespaces/ns1/deployments/t1",
+                                            "/api/v1/namespaces/ns1/services/t1"]
+    assert [p["body"] for p in patches] == kubernetes.build_objects(cfg)
+    for p in patches:
+        assert p["content_type"] == "application/apply-patch+yaml"
+        assert p["query"] == {"fieldManager": ["crossdistill"], "force": ["true"]}
+    assert api.gets["/apis/apps/v1/namespaces/ns1/deployments/t1"] >= 2  # it waited for readiness
+
+    kubernetes.deploy(cfg, client=api.client())  # idempotent: applying again is an update
+    assert api.objects["/apis/apps/v1/namespaces/ns1/deployments/t1"]["metadata"]["generation"] == 2
+
+
+def test_kubernetes_deploy_times_out_with_the_reason(api: FakeApiServer) -> None:
+    api.ready_after = None
+    with pytest.raises(TeacherUnavailableError) as info:
+        kubernetes.deploy(_cfg(ready_timeout_s=0.3), client=api.client())
+    message = str(info.value)
+    assert "ns1/t1" in message and "ready_timeout_s=0.3" in message and "ImagePullBackOff" in message
+
+
+def test_kubernetes_teardown_is_idempotent(api: FakeApiServer) -> None:
+    cfg = _cfg()
+    kubernetes.deploy(cfg, client=api.client())
+    kubernetes.teardown(cfg, client=api.client())
+    assert api.objects == {}
+    assert {r["path"] for r in api.sent("DELETE")} == {"/apis/apps/v1/namespaces/ns1/deployments/t1",
+                                                       "/api/v1/namespaces/ns1/services/t1"}
+    kubernetes.teardown(cfg, client=api.client())  # nothing left: still fine
+
+
+def test_kserve_deploy_and_teardown(api: FakeApiServer) -> None:
+    cfg = _cfg(backend="kserve")
+    endpoint = kserve.deploy(cfg, client=api.client())
+    assert endpoint.grpc == "t1-predictor.ns1.svc.cluster.local:8081"
+    assert endpoint.http == "http://t1-predictor.ns1.svc.cluster.local"
+    assert endpoint.backend == "kserve"
+    (patch,) = api.sent("PATCH")
+    assert patch["path"] == "/apis/serving.kserve.io/v1beta1/namespaces/ns1/inferenceservices/t1"
+    assert patch["body"] == kserve.build_objects(cfg)[0]
+    kserve.teardown(cfg, client=api.client())
+    kserve.teardown(cfg, client=api.client())
+    assert api.objects == {}
+
+
+def test_forbidden_names_the_object_and_rbac(api: FakeApiServer) -> None:
+    api.deny = True
+    with pytest.raises(TeacherError, match=r"Deployment ns1/t1.*HTTP 403.*Role/RoleBinding"):
+        kubernetes.deploy(_cfg(), client=api.client())
+
+
+def test_unreachable_api_server() -> None:
+    server = FakeApiServer()  # bound, never serving: connections are refused once closed
+    client = server.client()
+    server.httpd.server_close()
+    client.configuration.retries = 0
+    with pytest.raises(TeacherUnavailableError, match="did not answer"):
+        kubernetes.teardown(_cfg(), client=client)
+
+
+# --- the objects themselves --------------------------------------------------------------------------
+
+def test_deployment_and_service_fit_together() -> None:
+    cfg = _cfg(resources={"cpu": "1", "memory": "2Gi", "accelerator_type": "nvidia.com/gpu", "accelerator_count": 1},
+               tolerations=[{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present"}],
+               output_is_probs=True, model_name="yes")
+    deployment, service = kubernetes.build_objects(cfg)
+    template = deployment["spec"]["template"]
+    pod_labels = template["metadata"]["labels"]
+    assert pod_labels[kubernetes.ROLE_LABEL] == kubernetes.TEACHER_ROLE  # what the NetworkPolicy admits to
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == image_for("teacher")
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "grpc": 8081}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "grpc": 8081}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/models/yes/ready", "port": "http"}
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 20
+    assert container["resources"]["limits"] == {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"}
+    assert template["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
+                                                "effect": "NoSchedule"}]
+    args = container["args"]
+    assert args[:2] == ["--config", "/dev/null"]
+    assert "model_uri=gs://models/teacher.keras" in args and "output_is_probs=true" in args
+    assert 'model_name="yes"' in args  # quoted, or the server's YAML parse would read a boolean
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert "serviceAccountName" not in template["spec"]
+
+
+def test_image_override_and_bad_placement() -> None:
+    assert kubernetes.build_objects(_cfg(image="registry.local/t:1"))[0]["spec"]["template"]["spec"][
+        "containers"][0]["image"] == "registry.local/t:1"
+    with pytest.raises(ConfigError, match="accelerator_count"):
+        kubernetes.build_objects(_cfg(resources={"accelerator_type": "nvidia.com/gpu"}))
+    with pytest.raises(ConfigError, match="needs a value"):
+        kubernetes.build_objects(_cfg(tolerations=[{"key": "k", "operator": "Equal"}]))
+
+
+def test_kserve_isvc_uses_the_runtime_and_raw_mode() -> None:
+    (isvc,) = kserve.build_objects(_cfg())
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["labels"][kubernetes.ROLE_LABEL] == kubernetes.TEACHER_ROLE
+    model = predictor["model"]
+    assert (model["runtime"], model["modelFormat"], model["protocolVersion"]) == \
+        (kserve.RUNTIME, {"name": kserve.MODEL_FORMAT}, "v2")
+    # KServe appends these to the runtime's args: overrides only, no second --config.
+    assert all("=" in a and not a.startswith("-") for a in model["args"])
+    assert kserve.schema_errors(isvc) == []
