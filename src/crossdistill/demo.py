@@ -88,14 +88,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             metrics = run_evaluate(EvaluateConfig.parse({
                 "test_data": splits["test"], "student": distilled,
                 "teacher": {"url": endpoint.grpc},
-                "baselines": {"few labels only": few, f"all labels (reference)": full},
+                "baselines": {"few labels only": few, "all labels (reference)": full},
                 "out": storage.join(cfg.out, "report", f"seed{seed}"),
                 "title": f"crossdistill demo: Keras teacher -> PyTorch student over gRPC (seed {seed})",
                 "threads": cfg.threads,
             }))
             for row in metrics["comparison"]:
-                key = ("distilled" if row["name"] == "student" else "few" if row["name"].startswith("few")
-                       else "all" if row["name"].startswith("all") else "teacher")
+                key = {"student": "distilled", "teacher": "teacher"}.get(row["role"]) or (
+                    "few" if row["name"].startswith("few") else "all")
                 rows.setdefault(key, []).append(row)
     finally:
         teardown_teacher(serve_cfg)
@@ -121,7 +121,7 @@ def _summarise(rows: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> dict[s
         out["rows"].append({
             "name": labels[key], "accuracy_mean": statistics.fmean(accs),
             "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "params": runs[0].get("params"), "latency_ms_b1": runs[0].get("latency_ms_b1"),
+            "params": runs[0].get("num_parameters"), "latency_ms_b1": runs[0].get("latency_b1_ms"),
         })
     return out
 

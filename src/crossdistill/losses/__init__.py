@@ -1,0 +1,12 @@
+"""Distillation losses: soft targets with temperature, logit matching, top-k targets, ensembles, features."""
+
+from crossdistill.losses.ensemble import combine_teachers
+from crossdistill.losses.feature import CrossLayerDistiller, FeatureHooks, FeatureProjection, feature_mse
+from crossdistill.losses.kd import hard_label_loss, kd_loss, logit_matching_loss, soft_target_loss
+from crossdistill.losses.topk import logits_to_topk, teacher_probs_at, topk_to_probs
+
+__all__ = [
+    "CrossLayerDistiller", "FeatureHooks", "FeatureProjection", "combine_teachers", "feature_mse",
+    "hard_label_loss", "kd_loss", "logit_matching_loss", "logits_to_topk", "soft_target_loss",
+    "teacher_probs_at", "topk_to_probs",
+]

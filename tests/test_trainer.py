@@ -1,0 +1,241 @@
+"""Student training on real digits: offline soft labels, hard-label baseline, online teacher, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from crossdistill.data.shards import Dataset, read_dataset, write_dataset
+from crossdistill.data.splits import PrepareDataConfig, prepare_data
+from crossdistill.errors import ConfigError, DataError, ModelFormatError, TeacherResponseError
+from crossdistill.losses import logits_to_topk
+from crossdistill.train import (
+    ModelSpec,
+    StudentTrainConfig,
+    build_model,
+    load_student,
+    save_student,
+    train_student,
+)
+from crossdistill.train.trainer import TrainingDivergedError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    """Digits splits plus dense and top-k soft labels from a quick scikit-learn teacher (about 95 %)."""
+    from sklearn.linear_model import LogisticRegression
+
+    root = tmp_path_factory.mktemp("trainer")
+    uris = prepare_data(PrepareDataConfig(out=str(root / "data")))
+    train, student = read_dataset(uris["train"]), read_dataset(uris["student"])
+    teacher = LogisticRegression(max_iter=500).fit(train["x"].reshape(len(train), -1), train["y"])
+    logits = teacher.decision_function(student["x"].reshape(len(student), -1)).astype(np.float32)
+    meta = {"num_classes": 10, "mode": "dense", "teacher": "sklearn-logreg"}
+    dense = write_dataset(str(root / "soft_dense"), Dataset({"id": student.ids, "logits": logits}, meta),
+                          num_shards=2)
+    lp, idx = logits_to_topk(logits, 3, T=1.0)
+    topk = write_dataset(str(root / "soft_topk"),
+                         Dataset({"id": student.ids, "topk_logprobs": lp.numpy(), "topk_indices": idx.numpy()},
+                                 {**meta, "mode": "topk", "temperature": 1.0}))
+    return {**uris, "dense": dense, "topk": topk, "root": root, "student_ds": student}
+
+
+def accuracy(model_uri: str, test_uri: str) -> float:
+    test = read_dataset(test_uri)
+    model, _ = load_student(model_uri)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(test["x"])).argmax(-1).numpy()
+    return float((pred == test["y"]).mean())
+
+
+def _cfg(splits, out, **kw) -> StudentTrainConfig:
+    base = dict(train_data=splits["student"], soft_labels=splits["dense"], out=str(out), mode="offline",
+                epochs=15, batch_size=32, lr=3e-3, temperature=2.0, threads=1, progress=False)
+    base.update(kw)
+    return StudentTrainConfig.parse(base)
+
+
+def test_offline_kd_beats_hard_label_baseline(splits, tmp_path):
+    kd = train_student(_cfg(splits, tmp_path / "kd"))
+    # 64 labels, as many optimizer steps as the KD run
+    hard = train_student(_cfg(splits, tmp_path / "hard", mode="hard", soft_labels=None,
+                              epochs=kd.steps // 2))
+    acc_kd, acc_hard = accuracy(kd.model_uri, splits["test"]), accuracy(hard.model_uri, splits["test"])
+    assert acc_kd > 0.85, acc_kd  # chance is 0.10; the teacher about 0.95
+    assert acc_kd > acc_hard + 0.05, (acc_kd, acc_hard)
+    assert hard.samples_seen == 64 * (kd.steps // 2)  # unlabeled rows are dropped in hard mode
+    assert kd.history[0]["loss"] > kd.final_loss
+    log = [json.loads(line) for line in (tmp_path / "kd" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == kd.steps and log[-1]["samples_seen"] == kd.samples_seen
+    _, info = load_student(kd.model_uri)
+    assert info["num_classes"] == 10 and info["input_shape"] == [1, 8, 8]
+    assert info["extra"]["finished"] is True
+
+
+def test_offline_topk_with_cnn_and_unlabeled_only_data(splits, tmp_path, caplog):
+    # the 'unlabeled' split has no y column at all: only the soft term trains the student
+    cfg = _cfg(splits, tmp_path, train_data=splits["unlabeled"], soft_labels=splits["topk"],
+               model={"name": "cnn", "kwargs": {"channels": [8, 16]}}, epochs=8, schedule="cosine")
+    with caplog.at_level("WARNING"):
+        result = train_student(cfg)
+    assert "re-tempering" in caplog.text  # top-k at T=1, training at T=2
+    assert accuracy(result.model_uri, splits["test"]) > 0.8
+
+
+def test_offline_logit_matching(splits, tmp_path):
+    result = train_student(_cfg(splits, tmp_path, loss="logit_matching", optimizer="sgd", lr=0.05,
+                                hard_weight=0.0, epochs=10))
+    assert accuracy(result.model_uri, splits["test"]) > 0.8
+
+
+def test_offline_feature_distillation_from_a_hidden_layer(splits, tmp_path):
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    train, student = read_dataset(splits["train"]), read_dataset(splits["student"])
+    mlp = MLPClassifier(hidden_layer_sizes=(24,), max_iter=200, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(train["x"].reshape(len(train), -1), train["y"])
+    flat = student["x"].reshape(len(student), -1)
+    hidden = np.maximum(flat @ mlp.coefs_[0] + mlp.intercepts_[0], 0).astype(np.float32)
+    logits = (hidden @ mlp.coefs_[1] + mlp.intercepts_[1]).astype(np.float32)
+    soft = write_dataset(str(tmp_path / "soft"), Dataset(
+        {"id": student.ids, "logits": logits, "layer/hidden": hidden}, {"num_classes": 10}))
+    pair = [{"student": "2", "teacher": "hidden"}]  # the student MLP's first ReLU (64 wide) -> teacher's 24
+    only_features = train_student(_cfg(splits, tmp_path / "f", soft_labels=soft, features=pair,
+                                       soft_weight=0.0, hard_weight=0.0, epochs=6))
+    assert only_features.history[-1]["loss"] < 0.3 * only_features.history[0]["loss"]
+    both = train_student(_cfg(splits, tmp_path / "kd", soft_labels=soft, features=pair, feature_weight=0.5))
+    assert accuracy(both.model_uri, splits["test"]) > 0.85
+    with pytest.raises(DataError, match="no column 'layer/conv'"):
+        train_student(_cfg(splits, tmp_path / "bad", soft_labels=soft,
+                           features=[{"student": "2", "teacher": "conv"}]))
+    with pytest.raises(ConfigError, match="no submodule '9'"):
+        train_student(_cfg(splits, tmp_path / "bad2", soft_labels=soft,
+                           features=[{"student": "9", "teacher": "hidden"}]))
+
+
+def test_missing_soft_labels_name_count_and_dataset(splits, tmp_path):
+    student = splits["student_ds"]
+    part = write_dataset(str(tmp_path / "part"), Dataset(
+        {"id": student.ids[5:], "logits": np.zeros((len(student) - 5, 10), np.float32)}, {"num_classes": 10}))
+    with pytest.raises(DataError, match=rf"5 of {len(student)} examples of .*student have no soft label"):
+        train_student(_cfg(splits, tmp_path / "run", soft_labels=part))
+
+
+def test_teacher_width_mismatch_is_an_error(splits, tmp_path):
+    student = splits["student_ds"]
+    wide = write_dataset(str(tmp_path / "wide"), Dataset(
+        {"id": student.ids, "logits": np.zeros((len(student), 12), np.float32)}, {"num_classes": 12}))
+    with pytest.raises(DataError, match="width .*12.* student has 10 classes"):
+        train_student(_cfg(splits, tmp_path / "run", soft_labels=wide))
+
+
+def test_nan_loss_stops_with_a_clear_error(splits, tmp_path):
+    student = splits["student_ds"]
+    x = student["x"].copy()
+    x[3] = np.nan
+    bad = write_dataset(str(tmp_path / "nan"), student.with_columns(x=x))
+    with pytest.raises(TrainingDivergedError, match="loss is nan at step"):
+        train_student(_cfg(splits, tmp_path / "run", train_data=bad))
+
+
+def test_config_errors(splits, tmp_path):
+    with pytest.raises(ConfigError, match="needs soft_labels"):
+        train_student(_cfg(splits, tmp_path, soft_labels=None))
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        StudentTrainConfig.parse({"train_data": "x", "epoch": 3})
+    with pytest.raises(ConfigError, match="needs teacher"):
+        train_student(_cfg(splits, tmp_path, mode="online"))
+    with pytest.raises(ConfigError, match="neither a registered student"):
+        build_model(ModelSpec(name="resnet9000"), (1, 8, 8), 10)
+
+
+def test_model_registry_factory_and_save_load(tmp_path, monkeypatch):
+    (tmp_path / "my_students.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny(input_shape, num_classes, width=5):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.Tanh(), nn.Linear(width, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_students", None)
+    spec = ModelSpec(name="my_students:tiny", kwargs={"width": 7})
+    model = build_model(spec, (1, 8, 8), 10)
+    assert model[1].out_features == 7
+    uri = save_student(str(tmp_path / "s" / "model.pt"), model, spec, (1, 8, 8), 10, extra={"note": "hi"})
+    loaded, info = load_student(uri)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert info["spec"] == spec and info["extra"] == {"note": "hi"}
+    for name, kwargs in (("mlp", {"hidden": [16]}), ("cnn", {"channels": [4], "hidden": 8})):
+        net = build_model(ModelSpec(name=name, kwargs=kwargs), (1, 8, 8), 3)
+        assert net(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelFormatError, match="junk.pt"):
+        load_student(str(tmp_path / "junk.pt"))
+
+
+# --------------------------------------------------------------------------- online: a real served teacher
+# The conftest teacher is a Keras MLP trained on all of digits (test split included), served by a real
+# OIP server process on loopback; the student only ever sees its answers over gRPC.
+
+def _online(splits, endpoint, out, **kw) -> StudentTrainConfig:
+    teacher = {"url": endpoint.grpc, "model_name": endpoint.model_name, "max_in_flight": 4,
+               **kw.pop("teacher", {})}
+    return _cfg(splits, out, mode="online", soft_labels=None, teacher=teacher, **{"epochs": 6, **kw})
+
+
+def test_online_training_against_served_teacher_resumes_exactly(splits, served_keras_teacher, tmp_path):
+    full = train_student(_online(splits, served_keras_teacher, tmp_path / "full"))
+    acc = accuracy(full.model_uri, splits["test"])
+    assert acc > 0.8, acc  # chance is 0.10
+    # replies come back in completion order but are trained on in batch order: stop + resume is exact
+    part = _online(splits, served_keras_teacher, tmp_path / "part", max_steps=50)
+    assert train_student(part).steps == 50
+    resumed = train_student(part.model_copy(update={"max_steps": None}))
+    assert (resumed.steps, resumed.samples_seen) == (full.steps, full.samples_seen)
+    a, _ = load_student(full.model_uri)
+    b, _ = load_student(resumed.model_uri)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_online_topk_teacher(splits, served_keras_teacher, tmp_path):
+    cfg = _online(splits, served_keras_teacher, tmp_path, teacher={"top_k": 3, "temperature": 2.0, "fp16": True})
+    result = train_student(cfg)
+    assert accuracy(result.model_uri, splits["test"]) > 0.8
+
+
+def test_online_teacher_width_mismatch(splits, served_keras_teacher, tmp_path):
+    student = read_dataset(splits["student"])
+    twelve = write_dataset(str(tmp_path / "twelve"), Dataset(student.columns, {**student.meta, "num_classes": 12}))
+    with pytest.raises(TeacherResponseError, match=r"shape \(32, 10\), the student has 12 classes"):
+        train_student(_online(splits, served_keras_teacher, tmp_path / "run", train_data=twelve))
+
+
+def test_online_feature_distillation_requests_teacher_layers(splits, served_keras_teacher, tmp_path):
+    cfg = _online(splits, served_keras_teacher, tmp_path, features=[{"student": "2", "teacher": "dense_0"}],
+                  soft_weight=0.0, hard_weight=0.0, epochs=3)
+    result = train_student(cfg)
+    assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
+
+
+def test_teacher_failure_mid_run_keeps_progress_in_a_checkpoint(splits, served_keras_teacher, tmp_path):
+    from crossdistill.train.checkpoint import list_checkpoints
+    from crossdistill.train.trainer import _epoch_order
+
+    student = read_dataset(splits["student"])
+    x = student["x"].copy()
+    x[_epoch_order(0, 0, len(student))[6 * 32]] = np.nan  # first row of batch 6 of epoch 0: NaN logits back
+    poisoned = write_dataset(str(tmp_path / "poisoned"), student.with_columns(x=x))
+    cfg = _online(splits, served_keras_teacher, tmp_path / "run", train_data=poisoned)
+    with pytest.raises(TeacherResponseError, match="NaN"):
+        train_student(cfg)
+    saved = [step for step, _ in list_checkpoints(cfg.out)]
+    assert len(saved) == 1 and 1 <= saved[0] <= 6, saved
