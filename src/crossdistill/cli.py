@@ -44,6 +44,8 @@ STEPS: dict[str, Step] = {
                             "multi-teacher: find each label's expert teachers"),
     "trust-model-train": Step("crossdistill.experts.trust", "TrustModelTrainConfig", "run_trust_model_train",
                               "multi-teacher: train trust models that say when a teacher is right"),
+    "assemble": Step("crossdistill.experts.assembly", "AssembleConfig", "run_assemble",
+                     "multi-teacher: build the distillation set from the chosen experts / trusted outputs"),
     "multi-teacher": Step("crossdistill.experts.scenario", "ScenarioConfig", "run_scenario",
                           "multi-teacher: the shipped specialists-plus-generalist scenario, end to end"),
     "demo": Step("crossdistill.demo", "DemoConfig", "run_demo",
