@@ -235,3 +235,13 @@ def test_feature_projection_shapes():
     assert FeatureProjection((3,), (7,))(torch.zeros(2, 3)).shape == (2, 7)
     with pytest.raises(ConfigError, match="cannot project"):
         FeatureProjection((3,), (4, 2, 2))
+
+
+def test_example_weights_give_a_weighted_mean_of_the_soft_term():
+    from crossdistill.losses import soft_target_loss
+
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    per_example = soft_target_loss(z, p, 2.0, reduction="none")
+    weighted = kd_loss(z, p, torch.tensor([-1, -1]), None, 2.0, example_weights=torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(weighted, per_example[0] / 2)

@@ -239,3 +239,19 @@ def test_teacher_failure_mid_run_keeps_progress_in_a_checkpoint(splits, served_k
         train_student(cfg)
     saved = [step for step, _ in list_checkpoints(cfg.out)]
     assert len(saved) == 1 and 1 <= saved[0] <= 6, saved
+
+
+def test_per_example_weights_scale_the_soft_term(splits, tmp_path):
+    """An assembled multi-teacher set carries a 'weight' column: weight 0 means 'ignore this target'."""
+    soft = read_dataset(splits["dense"])
+    zero = write_dataset(str(tmp_path / "w0"), soft.with_columns(weight=np.zeros(len(soft), np.float32)))
+    run = train_student(_cfg(splits, tmp_path / "zero", soft_labels=zero, hard_weight=0.0, epochs=1))
+    torch.manual_seed(0)
+    initial = build_model(ModelSpec(), (1, 8, 8), 10)
+    trained, _ = load_student(run.model_uri)
+    for a, b in zip(initial.state_dict().values(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b)  # no gradient ever reached the student
+    ones = write_dataset(str(tmp_path / "w1"), soft.with_columns(weight=np.ones(len(soft), np.float32)))
+    weighted = train_student(_cfg(splits, tmp_path / "ones", soft_labels=ones, epochs=3))
+    plain = train_student(_cfg(splits, tmp_path / "plain", epochs=3))
+    assert weighted.final_loss == pytest.approx(plain.final_loss, rel=1e-5)

@@ -61,8 +61,11 @@ def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor,
 
 def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor | None, labels: torch.Tensor,
             label_mask: torch.Tensor | None, T: float, soft_weight: float = 1.0,
-            hard_weight: float = 0.0) -> torch.Tensor:
+            hard_weight: float = 0.0, example_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``soft_weight * soft_target_loss + hard_weight * CE(labeled subset)``.
+
+    ``example_weights`` (``[B]``, e.g. the trust of an assembled multi-teacher target) scale each
+    example's soft term: the soft term becomes ``mean(w_i * loss_i)``.
 
     The soft term averages over every example (unlabeled ones included); the hard term averages over
     the labeled examples of the batch (``label_mask``, or ``labels >= 0`` when it is None), so an
@@ -71,7 +74,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor | None, la
     """
     loss = student_logits.new_zeros(())
     if teacher_probs is not None and soft_weight:
-        loss = loss + soft_weight * soft_target_loss(student_logits, teacher_probs, T)
+        if example_weights is None:
+            loss = loss + soft_weight * soft_target_loss(student_logits, teacher_probs, T)
+        else:
+            per_example = soft_target_loss(student_logits, teacher_probs, T, reduction="none")
+            loss = loss + soft_weight * (example_weights.to(per_example.dtype) * per_example).mean()
     if hard_weight:
         loss = loss + hard_weight * hard_label_loss(student_logits, labels, label_mask)
     return loss

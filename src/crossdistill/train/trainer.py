@@ -111,6 +111,7 @@ class _Target:
     probs: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     layers: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: torch.Tensor | None = None  # per-example weights of the soft term (assembled sets)
 
 
 def _check_config(cfg: StudentTrainConfig) -> None:
@@ -198,6 +199,13 @@ class _OfflineTargets:
             values = soft[column][rows]
             self._check(values, uri, column, None)
             self.layers[name] = torch.as_tensor(values, dtype=torch.float32)
+        self.weights: torch.Tensor | None = None
+        if "weight" in soft:
+            weights = soft["weight"][rows].astype(np.float32)
+            self._check(weights[:, None], uri, "weight", None)
+            if (weights < 0).any():
+                raise DataError(f"{uri}: column 'weight' has negative values (expected per-example weights >= 0)")
+            self.weights = torch.as_tensor(weights)
 
     @staticmethod
     def _check(values: np.ndarray, uri: str, column: str, num_classes: int | None) -> None:
@@ -210,7 +218,8 @@ class _OfflineTargets:
     def target(self, idx: np.ndarray) -> _Target:
         t = torch.as_tensor(idx)
         return _Target(self.probs[t], None if self.logits is None else self.logits[t],
-                       {k: v[t] for k, v in self.layers.items()})
+                       {k: v[t] for k, v in self.layers.items()},
+                       None if self.weights is None else self.weights[t])
 
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape[1:]) for k, v in self.layers.items()}
@@ -438,8 +447,9 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
                 if cfg.hard_weight:
                     loss = loss + cfg.hard_weight * hard_label_loss(logits, y)
             else:
+                weights = None if target.weights is None else target.weights.to(device)
                 loss = kd_loss(logits, target.probs.to(device), y, None, cfg.temperature,
-                               cfg.soft_weight, cfg.hard_weight)
+                               cfg.soft_weight, cfg.hard_weight, example_weights=weights)
             if distiller is not None and hooks is not None and target is not None:
                 teacher_layers = {k: v.to(device) for k, v in target.layers.items()}
                 loss = loss + cfg.feature_weight * distiller(hooks.outputs, teacher_layers)
