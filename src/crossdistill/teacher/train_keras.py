@@ -1,0 +1,106 @@
+"""The demo teacher: a Keras (TensorFlow backend) MLP or CNN trained by the teacher's owner on its data.
+
+Inputs keep the library's layout ``(N, 1, H, W)`` float32 and the model ends in logits (no softmax),
+so the served teacher needs no conversion on either side of the wire.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from crossdistill import storage
+from crossdistill.config import StrictConfig
+from crossdistill.data.shards import Dataset, read_dataset
+from crossdistill.errors import ConfigError, DataError
+
+
+class TeacherTrainConfig(StrictConfig):
+    """Configuration of `crossdistill train-teacher`."""
+
+    train: str = Field(..., description="training dataset URI (columns id, x, y)")
+    val: str | None = Field(None, description="validation dataset URI; None = hold out val_fraction of train")
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    out: str = Field(..., description="where the .keras model is written (any URI, name ends in .keras)")
+    arch: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    threads: int = Field(1, ge=1, description="TensorFlow intra-/inter-op threads")
+
+
+def build_teacher(arch: str, input_shape: tuple[int, ...], num_classes: int, hidden: list[int],
+                  dropout: float = 0.0) -> Any:
+    """A functional Keras model from ``(N, *input_shape)`` to logits; layers have stable names."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input(shape=input_shape, name="input")
+    if arch == "mlp":
+        h = layers.Flatten(name="flatten")(inp)
+        for i, width in enumerate(hidden):
+            h = layers.Dense(width, activation="relu", name=f"dense_{i}")(h)
+            if dropout:
+                h = layers.Dropout(dropout, name=f"dropout_{i}")(h)
+    else:
+        h = layers.Permute((2, 3, 1), name="to_channels_last")(inp)
+        for i, width in enumerate(hidden):
+            h = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv_{i}")(h)
+            if i < len(hidden) - 1 and min(h.shape[1], h.shape[2]) >= 4:
+                h = layers.MaxPooling2D(2, name=f"pool_{i}")(h)
+        h = layers.GlobalAveragePooling2D(name="features")(h)
+    out = layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inp, out, name=f"teacher_{arch}")
+
+
+def train_keras_teacher(cfg: TeacherTrainConfig) -> dict[str, Any]:
+    """Train, evaluate on the validation part, write the ``.keras`` file atomically; return metrics."""
+    if not cfg.out.endswith(".keras"):
+        raise ConfigError(f"out={cfg.out!r}: a Keras model file must end in .keras")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from crossdistill.teacher.adapters import _pin_tf_threads
+
+    _pin_tf_threads(cfg.threads)
+    import keras
+
+    data = read_dataset(cfg.train, columns=["x", "y"])
+    train, val = _split(data, cfg)
+    num_classes = int(data.meta.get("num_classes") or int(data["y"].max()) + 1)
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_teacher(cfg.arch, tuple(train["x"].shape[1:]), num_classes, cfg.hidden, cfg.dropout)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    start = time.perf_counter()
+    history = model.fit(train["x"], train["y"], batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=0,
+                        shuffle=True)
+    seconds = time.perf_counter() - start
+    val_loss, val_acc = model.evaluate(val["x"], val["y"], batch_size=256, verbose=0)
+    with tempfile.TemporaryDirectory(prefix="crossdistill-teacher-") as tmp:
+        local = Path(tmp) / "model.keras"
+        model.save(local)
+        storage.put_file(local, cfg.out)
+    return {"out": cfg.out, "val_accuracy": float(val_acc), "val_loss": float(val_loss),
+            "train_accuracy": float(history.history["accuracy"][-1]), "train_examples": len(train),
+            "val_examples": len(val), "num_parameters": int(model.count_params()), "train_seconds": seconds,
+            "num_classes": num_classes, "input_shape": list(train["x"].shape[1:])}
+
+
+def _split(data: Dataset, cfg: TeacherTrainConfig) -> tuple[Dataset, Dataset]:
+    labeled = data.take(np.flatnonzero(data.labeled_mask()))
+    if len(labeled) == 0:
+        raise DataError(f"{cfg.train}: no labeled examples (column 'y' is all -1)")
+    if cfg.val:
+        return labeled, read_dataset(cfg.val, columns=["x", "y"])
+    perm = np.random.default_rng(cfg.seed).permutation(len(labeled))
+    n_val = max(1, int(round(cfg.val_fraction * len(labeled))))
+    return labeled.take(np.sort(perm[n_val:])), labeled.take(np.sort(perm[:n_val]))
