@@ -11,7 +11,7 @@ from crossdistill import storage
 from crossdistill.data.shards import read_dataset, write_dataset
 from crossdistill.errors import ConfigError, TeacherResponseError, TeacherUnavailableError
 from crossdistill.teacher.pseudo_label import PseudoLabelConfig, run_pseudo_label
-from crossdistill.teacher.server import topk_logprobs
+from crossdistill.teacher.protocol import topk_logprobs
 
 
 def test_two_shards_concatenate_to_every_id_once(served_keras_teacher, keras_adapter, digits, digits_uri, tmp_path):

@@ -15,7 +15,7 @@ from crossdistill.deploy.local import deploy, teardown
 from crossdistill.deploy.serve import deploy_teacher, teardown_teacher
 from crossdistill.errors import TeacherError, TeacherUnavailableError
 from crossdistill.teacher.client import TeacherClient, TeacherClientConfig, oip_modules
-from crossdistill.teacher.server import topk_logprobs
+from crossdistill.teacher.protocol import topk_logprobs
 
 
 def _client(endpoint, **kw) -> TeacherClient:

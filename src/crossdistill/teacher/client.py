@@ -53,7 +53,8 @@ def oip_modules() -> tuple[Any, Any]:
 class TeacherClientConfig(StrictConfig):
     """How the student calls the teacher."""
 
-    url: str = Field(..., description="host:port of the teacher's OIP gRPC endpoint")
+    url: str = Field(..., description="host:port of the teacher's OIP gRPC endpoint, or inprocess:<model uri> "
+                                      "to run the teacher inside this process (co-located baseline)")
     model_name: str = P.DEFAULT_MODEL_NAME
     max_in_flight: int = Field(4, ge=1, description="requests outstanding at once in stream()")
     timeout_s: float = Field(60.0, gt=0, description="per attempt")

@@ -44,3 +44,12 @@ class TeacherOutput:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def topk_logprobs(logits: np.ndarray, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """log-softmax(z / T) of the k largest classes (sorted, largest first) and their indices."""
+    z = logits.astype(np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    index = np.argsort(-logp, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(logp, index, axis=1).astype(np.float32), index.astype(np.int64)

@@ -98,7 +98,7 @@ class TeacherModel(kserve.Model):
         else:
             if top_k > logits.shape[1]:
                 raise InvalidInput(f"parameter top_k={top_k} exceeds the teacher's {logits.shape[1]} classes")
-            logprobs, index = topk_logprobs(logits, top_k, temperature)
+            logprobs, index = P.topk_logprobs(logits, top_k, temperature)
             outputs += [_output(P.TOPK_LOGPROBS, logprobs.astype(float_t)), _output(P.TOPK_INDICES, index)]
         outputs += [_output(P.LAYER_PREFIX + n, result[n].astype(float_t)) for n in layers]
         params: dict[str, Any] = {"num_classes": int(logits.shape[1]), P.PARAM_TOP_K: top_k,
@@ -158,15 +158,6 @@ class TeacherDataPlane(DataPlane):
         if isinstance(model, TeacherModel):
             meta["platform"] = platform_string(model.adapter)
         return meta
-
-
-def topk_logprobs(logits: np.ndarray, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """log-softmax(z / T) of the k largest classes (sorted, largest first) and their indices."""
-    z = logits.astype(np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    index = np.argsort(-logp, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(logp, index, axis=1).astype(np.float32), index.astype(np.int64)
 
 
 def _output(name: str, array: np.ndarray) -> InferOutput:

@@ -33,7 +33,8 @@ from crossdistill.errors import ConfigError, CrossdistillError, DataError, Teach
 from crossdistill.losses.feature import CrossLayerDistiller, FeatureHooks, feature_shapes
 from crossdistill.losses.kd import hard_label_loss, kd_loss, logit_matching_loss
 from crossdistill.losses.topk import teacher_probs_at
-from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
+from crossdistill.teacher.client import TeacherClientConfig
+from crossdistill.teacher.colocated import open_teacher
 from crossdistill.teacher.protocol import LAYER_PREFIX, TeacherOutput
 from crossdistill.train.checkpoint import latest_checkpoint, save_checkpoint
 from crossdistill.train.models import ModelSpec, build_model, save_student
@@ -296,7 +297,7 @@ def _teacher_config(cfg: StudentTrainConfig) -> TeacherClientConfig:
 def _online_layer_shapes(cfg: StudentTrainConfig, ids: np.ndarray, x: np.ndarray) -> dict[str, tuple[int, ...]]:
     """Teacher layer shapes (no batch axis) from its metadata, else from one small request."""
     names = sorted({f.teacher for f in cfg.features})
-    with TeacherClient(_teacher_config(cfg)) as client:
+    with open_teacher(_teacher_config(cfg)) as client:
         known = client.metadata().get("layers", {})
         shapes = {n: tuple(known[n][1:]) for n in names if n in known and all(d > 0 for d in known[n][1:])}
         if len(shapes) < len(names):
@@ -319,7 +320,7 @@ def _batches(cfg: StudentTrainConfig, n: int, start: tuple[int, int], num_classe
         for epoch, b, idx in positions:
             yield epoch, b, idx, offline.target(idx)
         return
-    client = TeacherClient(_teacher_config(cfg))
+    client = open_teacher(_teacher_config(cfg))
     requests = ((data.ids[idx], x_all[idx], (seq, epoch, b, idx))
                 for seq, (epoch, b, idx) in enumerate(positions))
     pending: dict[int, tuple[int, int, np.ndarray, _Target]] = {}
