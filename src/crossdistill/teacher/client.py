@@ -150,6 +150,14 @@ class TeacherClient:
         out, _ = next(self.stream([(ids, x, None)]))
         return out
 
+    def wire_bytes(self, ids: np.ndarray, x: np.ndarray) -> tuple[int, int]:
+        """Serialized sizes ``(request, response)`` of one batch as it crosses the wire (protobuf bytes)."""
+        self._expectations()
+        call = self._new_call(ids, x, None)
+        response = self._stub.ModelInfer(call.request, timeout=self.cfg.timeout_s)
+        self._decode(call, response)  # the answer must still be valid
+        return call.request.ByteSize(), response.ByteSize()
+
     def stream(self, batches: Iterable[tuple[np.ndarray, np.ndarray, T]]) -> Iterator[tuple[TeacherOutput, T]]:
         """Answers for ``(ids, x, payload)`` batches, ``max_in_flight`` outstanding, in completion order."""
         self._expectations()
