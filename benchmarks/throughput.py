@@ -9,7 +9,7 @@ TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, OMP_NUM_THREADS); the teacher s
 thread too. So (a) does teacher and student work on one core in turn, (b) can overlap them on two.
 Prints a table and writes benchmarks/results/throughput.json. Asserts nothing.
 
-    .venv/bin/python benchmarks/throughput.py [--epochs 20] [--batch-size 64] [--in-flight 4]
+    .venv/bin/python benchmarks/throughput.py [--epochs 20] [--batch-size 64] [--in-flight 4] [--rpc-batches 4]
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _train(setup: str, args: argparse.Namespace) -> dict:
         cfg.update(mode="offline", soft_labels=args.soft_labels)
     else:
         url = f"inprocess:{args.teacher}" if setup == "a" else args.endpoint
-        cfg.update(mode="online", teacher={"url": url, "max_in_flight": 1 if setup == "a" else args.in_flight})
+        cfg.update(mode="online", teacher={"url": url, "max_in_flight": 1 if setup == "a" else args.in_flight},
+                   rpc_batches=1 if setup == "a" else args.rpc_batches)
     start = time.perf_counter()
     result = train_student(StudentTrainConfig.parse(cfg))
     seconds = time.perf_counter() - start
@@ -52,7 +53,8 @@ def _train(setup: str, args: argparse.Namespace) -> dict:
 def _child(setup: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", setup, "--data", args.data, "--work", args.work,
            "--teacher", args.teacher, "--endpoint", args.endpoint or "", "--soft-labels", args.soft_labels or "",
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--in-flight", str(args.in_flight)]
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--in-flight", str(args.in_flight),
+           "--rpc-batches", str(args.rpc_batches)]
     out = subprocess.run(cmd, env={**os.environ, **PINNED}, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"setup {setup} failed:\n{out.stderr[-3000:]}")
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--rpc-batches", type=int, default=4, help="student batches per teacher request in (b)")
     parser.add_argument("--work", default="runs/bench-throughput")
     parser.add_argument("--results", default="benchmarks/results/throughput.json")
     parser.add_argument("--child", choices=["a", "b", "c"], help=argparse.SUPPRESS)
@@ -114,7 +117,7 @@ def main() -> None:
         wire = _wire_bytes(endpoint.grpc, args.data, args.batch_size)
     finally:
         teardown_teacher(serve)
-    names = {"a": "(a) co-located teacher, sequential", "b": f"(b) remote teacher over gRPC, {args.in_flight} in flight",
+    names = {"a": "(a) co-located teacher, sequential", "b": f"(b) remote over gRPC, {args.in_flight} in flight x {args.rpc_batches} batches",
              "c": "(c) offline, precomputed soft labels"}
     print(f"\nstudent-train throughput: digits student split, MLP 64-32 student, Keras MLP teacher, "
           f"{args.epochs} epochs, batch {args.batch_size}")
@@ -134,6 +137,7 @@ def main() -> None:
     Path(args.results).write_text(json.dumps({
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
         "config": {"epochs": args.epochs, "batch_size": args.batch_size, "in_flight": args.in_flight,
+                   "rpc_batches": args.rpc_batches,
                    "threads": PINNED, "cpus": os.cpu_count()},
         "runs": runs, "ratios": {"b_over_a": b_a, "b_over_c": b_c}, "wire": wire}, indent=2))
     print(f"\nwritten: {args.results}")

@@ -42,3 +42,21 @@ def test_inprocess_teacher_of_the_wrong_format_is_named(tmp_path):
     bad.write_bytes(b"definitely not a model")
     with pytest.raises(ModelFormatError, match="teacher.onnx"):
         open_teacher(TeacherClientConfig(url=f"inprocess:{bad}"))
+
+
+def test_grouping_batches_per_request_trains_the_same_student(served_keras_teacher, digits_uri, tmp_path):
+    """rpc_batches only changes how batches travel, not what the student learns from."""
+    from crossdistill.train import load_student
+
+    def run(group: int):
+        cfg = StudentTrainConfig.parse({
+            "train_data": digits_uri, "out": str(tmp_path / f"g{group}"), "mode": "online", "epochs": 2,
+            "teacher": {"url": served_keras_teacher.grpc}, "rpc_batches": group, "threads": 1,
+            "progress": False})
+        result = train_student(cfg)
+        return result, load_student(result.model_uri)[0].state_dict()
+
+    (one, w1), (three, w3) = run(1), run(3)
+    assert (one.steps, one.samples_seen) == (three.steps, three.samples_seen)
+    for k in w1:
+        np.testing.assert_allclose(w1[k].numpy(), w3[k].numpy(), atol=1e-4)

@@ -226,15 +226,16 @@ def test_online_feature_distillation_requests_teacher_layers(splits, served_kera
     assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
 
 
-def test_teacher_failure_mid_run_keeps_progress_in_a_checkpoint(splits, served_keras_teacher, tmp_path):
+def test_teacher_failure_mid_run_keeps_progress_in_a_checkpoint(splits, quirky_teacher, tmp_path):
     from crossdistill.train.checkpoint import list_checkpoints
     from crossdistill.train.trainer import _epoch_order
 
     student = read_dataset(splits["student"])
     x = student["x"].copy()
-    x[_epoch_order(0, 0, len(student))[6 * 32]] = np.nan  # first row of batch 6 of epoch 0: NaN logits back
+    # the quirky teacher answers NaN logits for a batch whose first row starts with -1: batch 6 of epoch 0
+    x[_epoch_order(0, 0, len(student))[6 * 32], 0, 0, 0] = -1.0
     poisoned = write_dataset(str(tmp_path / "poisoned"), student.with_columns(x=x))
-    cfg = _online(splits, served_keras_teacher, tmp_path / "run", train_data=poisoned)
+    cfg = _online(splits, quirky_teacher["endpoint"], tmp_path / "run", train_data=poisoned)
     with pytest.raises(TeacherResponseError, match="NaN"):
         train_student(cfg)
     saved = [step for step, _ in list_checkpoints(cfg.out)]
@@ -249,7 +250,7 @@ def test_per_example_weights_scale_the_soft_term(splits, tmp_path):
     torch.manual_seed(0)
     initial = build_model(ModelSpec(), (1, 8, 8), 10)
     trained, _ = load_student(run.model_uri)
-    for a, b in zip(initial.state_dict().values(), trained.state_dict().values()):
+    for a, b in zip(initial.state_dict().values(), trained.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)  # no gradient ever reached the student
     ones = write_dataset(str(tmp_path / "w1"), soft.with_columns(weight=np.ones(len(soft), np.float32)))
     weighted = train_student(_cfg(splits, tmp_path / "ones", soft_labels=ones, epochs=3))

@@ -134,7 +134,7 @@ def read_dataset(uri: str | list[str], columns: list[str] | None = None, *, veri
             raise DataError("read_dataset got an empty list of dataset URIs")
         parts = [read_dataset(u, columns, verify=verify) for u in uri]
         first = parts[0]
-        for u, p in zip(uri[1:], parts[1:]):
+        for u, p in zip(uri[1:], parts[1:], strict=True):
             if set(p.columns) != set(first.columns):
                 raise DataError(f"{u} has columns {sorted(p.columns)}, expected {sorted(first.columns)}")
         cols = {k: np.concatenate([p.columns[k] for p in parts]) for k in first.columns}

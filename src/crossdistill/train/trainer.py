@@ -69,6 +69,8 @@ class StudentTrainConfig(StrictConfig):
     mode: Literal["online", "offline", "hard"] = Field(
         "offline", description="online: teacher endpoint; offline: soft_labels datasets; hard: labels only")
     teacher: TeacherClientConfig | None = Field(None, description="teacher endpoint (online mode)")
+    rpc_batches: int = Field(1, ge=1, description="online: student batches per teacher request (amortises "
+                                                   "per-request overhead when the teacher is small)")
     soft_labels: str | list[str] | None = Field(None, description="soft-label dataset URI(s) (offline mode)")
     model: ModelSpec = Field(default_factory=ModelSpec)
     temperature: float = Field(4.0, gt=0, description="distillation temperature T")
@@ -306,6 +308,28 @@ def _online_layer_shapes(cfg: StudentTrainConfig, ids: np.ndarray, x: np.ndarray
     return shapes
 
 
+def _grouped(items: Iterator[Any] | Any, size: int) -> Iterator[list[Any]]:
+    """Consecutive items in lists of ``size`` (the last may be shorter)."""
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _slice_output(out: TeacherOutput, lo: int, hi: int) -> TeacherOutput:
+    """Rows ``lo:hi`` of a teacher answer that covered several student batches."""
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[lo:hi]
+
+    return TeacherOutput(ids=out.ids[lo:hi], logits=cut(out.logits), topk_logprobs=cut(out.topk_logprobs),
+                         topk_indices=cut(out.topk_indices), temperature=out.temperature,
+                         layers={k: v[lo:hi] for k, v in out.layers.items()})
+
+
 def _batches(cfg: StudentTrainConfig, n: int, start: tuple[int, int], num_classes: int,
              data: Dataset, x_all: np.ndarray,
              offline: _OfflineTargets | None) -> Iterator[tuple[int, int, np.ndarray, _Target | None]]:
@@ -321,14 +345,20 @@ def _batches(cfg: StudentTrainConfig, n: int, start: tuple[int, int], num_classe
             yield epoch, b, idx, offline.target(idx)
         return
     client = open_teacher(_teacher_config(cfg))
-    requests = ((data.ids[idx], x_all[idx], (seq, epoch, b, idx))
-                for seq, (epoch, b, idx) in enumerate(positions))
+    groups = ([(seq, epoch, b, idx) for seq, (epoch, b, idx) in g]
+              for g in _grouped(enumerate(positions), cfg.rpc_batches))
+    requests = ((data.ids[rows], x_all[rows], g)
+                for g in groups for rows in [np.concatenate([m[3] for m in g])])
     pending: dict[int, tuple[int, int, np.ndarray, _Target]] = {}
     expected = 0
     stream = client.stream(requests)
     try:
-        for out, (seq, epoch, b, idx) in stream:  # the client checked the echoed ids
-            pending[seq] = (epoch, b, idx, _online_target(out, cfg, num_classes))
+        for out, members in stream:  # the client checked the echoed ids
+            start_row = 0
+            for seq, epoch, b, idx in members:
+                part = _slice_output(out, start_row, start_row + len(idx))
+                start_row += len(idx)
+                pending[seq] = (epoch, b, idx, _online_target(part, cfg, num_classes))
             while expected in pending:  # put replies back in batch order
                 yield pending.pop(expected)
                 expected += 1
