@@ -10,8 +10,8 @@ import pytest
 from crossdistill import storage
 from crossdistill.data.shards import read_dataset, write_dataset
 from crossdistill.errors import ConfigError, TeacherResponseError, TeacherUnavailableError
-from crossdistill.teacher.pseudo_label import PseudoLabelConfig, run_pseudo_label
 from crossdistill.teacher.protocol import topk_logprobs
+from crossdistill.teacher.pseudo_label import PseudoLabelConfig, run_pseudo_label
 
 
 def test_two_shards_concatenate_to_every_id_once(served_keras_teacher, keras_adapter, digits, digits_uri, tmp_path):
