@@ -32,6 +32,12 @@ test: venv  ## all tests (slow end-to-end cases included)
 test-fast: venv  ## tests without the slow end-to-end cases
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+compile: venv  ## compile pipelines (pipelines/compiled/*.yaml) and components (components/*/component.yaml)
+	$(VENV)/bin/crossdistill pipeline compile
+
+upload: compile  ## upload/version the pipelines on KFP_HOST (KFP_NAMESPACE, KFP_TOKEN from the environment)
+	$(VENV)/bin/crossdistill pipeline upload
+
 images:  ## build the container images with docker or podman (says so when no engine answers)
 	bash images/build.sh
 

@@ -1,0 +1,84 @@
+"""evaluate: score the student (and its teachers) on the test split; metrics, confusion matrix, report."""
+
+
+from components._common import STUDENT, image
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+
+@dsl.component(base_image=image(STUDENT), install_kfp_package=False)
+def evaluate(
+    test_data: Input[Dataset],
+    student: Input[Model],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    exported: Output[Model],
+    teacher_endpoint: str = "",
+    teacher_endpoints: list[str] = [],  # noqa: B006 - KFP defaults are compile-time constants
+    title: str = "crossdistill student",
+    threads: int = 1,
+    config_json: str = "{}",
+):
+    """Run crossdistill.evaluate.run.run_evaluate; ``exported`` holds TorchScript + ONNX and metrics.json.
+
+    ``teacher_endpoint`` (one teacher) or ``teacher_endpoints`` (every teacher of a multi-teacher
+    run) add teacher accuracy and student-teacher agreement. ``config_json`` holds any other
+    EvaluateConfig key; the explicit parameters win over it.
+    """
+    import json
+    import os
+    import shutil
+
+    from crossdistill.config import deep_merge
+    from crossdistill.errors import ConfigError
+    from crossdistill.evaluate.run import EvaluateConfig, run_evaluate
+
+    try:
+        base = json.loads(config_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"evaluate: config_json is not valid JSON: {exc}") from None
+    def scalars(values: dict) -> dict:
+        return {k: float(v) for k, v in (values or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    file = student.metadata.get("file", "")
+    data = {"test_data": test_data.path, "student": os.path.join(student.path, file) if file else student.path,
+            "out": exported.path, "title": title, "threads": threads}
+    endpoints = [e for e in [teacher_endpoint, *teacher_endpoints] if e]
+    if endpoints:
+        data["teacher"] = deep_merge(base.get("teacher") or {}, {"url": endpoints[0]})
+    os.makedirs(exported.path, exist_ok=True)
+    cfg = EvaluateConfig.parse(deep_merge(base, data), source="evaluate config_json")
+    result = run_evaluate(cfg)
+    logged = scalars(result["student"])
+    if result.get("teacher"):
+        logged.update({f"teacher_{k}": v for k, v in scalars(result["teacher"]).items()})
+    # Every further teacher: score it and the student's agreement with it (no second export).
+    for i, url in enumerate(endpoints[1:], start=1):
+        extra = run_evaluate(EvaluateConfig.parse(deep_merge(cfg.model_dump(mode="json"), {
+            "teacher": {"url": url}, "export": [], "latency_repeats": 1, "latency_warmup": 0,
+            "out": os.path.join(exported.path, f"teacher-{i}")}), source=f"evaluate teacher {i}"))
+        logged.update({f"teacher{i}_{k}": v for k, v in scalars(extra["teacher"]).items()})
+        logged[f"teacher{i}_student_agreement"] = float(extra["student"]["teacher_agreement"])
+    for key, value in sorted(logged.items()):
+        metrics.log_metric(key, value)
+    cm = result["student"].get("confusion_matrix")
+    if cm is not None:
+        classes = result["dataset"]["class_names"]
+        confusion.log_confusion_matrix([str(c) for c in classes], [[int(v) for v in row] for row in cm])
+    shutil.copyfile(result["report"], report.path)
+    def cell(value, fmt: str = "{}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    lines = [f"# {title}", "", "| model | role | accuracy | teacher agreement | parameters | latency b=1 (ms) |",
+             "|---|---|---|---|---|---|"]
+    for row in result.get("comparison", []):
+        lines.append(f"| {row['name']} | {row['role']} | {cell(row.get('accuracy'), '{:.4f}')} "
+                     f"| {cell(row.get('teacher_agreement'), '{:.4f}')} | {cell(row.get('num_parameters'))} "
+                     f"| {cell(row.get('latency_b1_ms'), '{:.3f}')} |")
+    lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in sorted(logged.items())]
+    with open(summary.path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    exported.metadata.update({"file": file, "framework": "pytorch", "exports": sorted(result.get("exports", {}))})

@@ -1,0 +1,46 @@
+"""pseudo-label: have the served teacher label one shard of a dataset; the output is a soft-label Dataset."""
+
+from components._common import CPU, image
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+
+@dsl.component(base_image=image(CPU), install_kfp_package=False)
+def pseudo_label(
+    data: Input[Dataset],
+    teacher_endpoint: str,
+    soft_labels: Output[Dataset],
+    shard_index: int = 0,
+    shards: list = [0],  # noqa: B006 - KFP defaults are compile-time constants
+    top_k: int = 0,
+    temperature: float = 1.0,
+    teacher_name: str = "teacher",
+    config_json: str = "{}",
+):
+    """Label shard ``shard_index`` of ``len(shards)`` with crossdistill.teacher.pseudo_label.
+
+    ``shards`` is the pipeline's list of shard indices (``[0, 1, ..., n-1]``, the same list the
+    ParallelFor runs over), so every parallel task agrees on the shard count. ``top_k`` 0 keeps
+    dense logits. ``teacher_name`` is recorded in the artifact's metadata (multi-teacher
+    steps name their tables by it). ``config_json`` holds any other PseudoLabelConfig key; the explicit ones win.
+    """
+    import json
+
+    from crossdistill.config import deep_merge
+    from crossdistill.errors import ConfigError
+    from crossdistill.teacher.pseudo_label import PseudoLabelConfig, run_pseudo_label
+
+    try:
+        base = json.loads(config_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"pseudo-label: config_json is not valid JSON: {exc}") from None
+    indices = sorted(int(s) for s in shards)
+    if indices != list(range(len(indices))) or shard_index not in indices:
+        raise ConfigError(f"pseudo-label: shards must be [0..n-1] and contain shard_index={shard_index}, got {shards}")
+    cfg = PseudoLabelConfig.parse(deep_merge(base, {
+        "data": data.path, "out": soft_labels.path, "shard_index": shard_index, "num_shards": len(indices),
+        "top_k": top_k, "temperature": temperature, "teacher_url": teacher_endpoint, "progress": False}),
+        source="pseudo-label config_json")
+    run_pseudo_label(cfg)
+    soft_labels.metadata.update({"shard_index": shard_index, "num_shards": len(indices), "top_k": top_k,
+                                 "teacher": teacher_name})

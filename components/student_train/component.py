@@ -1,0 +1,65 @@
+"""student-train: train the PyTorch student online (teacher endpoint), offline (soft labels) or on hard labels."""
+
+
+from components._common import STUDENT, image
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+@dsl.component(base_image=image(STUDENT), install_kfp_package=False)
+def student_train(
+    train_data: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    mode: str = "online",
+    teacher_endpoint: str = "",
+    soft_labels: Input[list[Dataset]] = None,
+    soft_label_set: Input[Dataset] = None,
+    student_model: str = "mlp",
+    epochs: int = 30,
+    temperature: float = 4.0,
+    seed: int = 0,
+    threads: int = 1,
+    config_json: str = "{}",
+):
+    """Train with crossdistill.train.trainer.train_student into ``<model>``.
+
+    ``mode``: ``online`` talks to ``teacher_endpoint`` (gRPC host:port) every batch, ``offline``
+    reads the collected ``soft_labels`` shards and/or one
+    ``soft_label_set`` (the multi-teacher assembled set), ``hard`` uses the labels alone. Checkpoints go to
+    ``<model>/checkpoints`` and training resumes from them, so a retried task continues where the
+    failed one stopped wherever the output path survives a retry (FUSE-mounted object storage).
+    ``config_json`` holds any other StudentTrainConfig key; the explicit parameters win over it.
+    """
+    import json
+    import os
+
+    from crossdistill.config import deep_merge
+    from crossdistill.errors import ConfigError
+    from crossdistill.train.trainer import StudentTrainConfig, train_student
+
+    try:
+        base = json.loads(config_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"student-train: config_json is not valid JSON: {exc}") from None
+    data = {"train_data": train_data.path, "out": model.path, "mode": mode, "epochs": epochs,
+            "temperature": temperature, "seed": seed, "threads": threads, "resume": True, "progress": False}
+    data["model"] = deep_merge(base.get("model", {}), {"name": student_model})
+    if mode == "online":
+        if not teacher_endpoint:
+            raise ConfigError("student-train: mode=online needs teacher_endpoint (gRPC host:port of teacher-serve)")
+        data["teacher"] = {"url": teacher_endpoint}
+    if mode == "offline":
+        paths = [a.path for a in (soft_labels or [])] + ([soft_label_set.path] if soft_label_set else [])
+        if not paths:
+            raise ConfigError("student-train: mode=offline needs soft_labels (pseudo-label shards) or soft_label_set")
+        data["soft_labels"] = paths
+    os.makedirs(model.path, exist_ok=True)
+    cfg = StudentTrainConfig.parse(deep_merge(base, data), source="student-train config_json")
+    result = train_student(cfg)
+    model_uri = str(result.model_uri)
+    model.metadata.update({"file": os.path.relpath(model_uri, model.path), "framework": "pytorch",
+                           "mode": mode, "model": student_model})
+    for key, value in sorted(vars(result).items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(key, float(value))

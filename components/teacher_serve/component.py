@@ -1,0 +1,66 @@
+"""teacher-serve: serve a teacher model over the Open Inference Protocol and output its gRPC address."""
+
+from typing import NamedTuple
+
+from components._common import TEACHER, image
+from kfp import dsl
+from kfp.dsl import Input, Model
+
+
+@dsl.component(base_image=image(TEACHER), install_kfp_package=False)
+def teacher_serve(
+    model: Input[Model],
+    job_id: str,
+    backend: str = "local",
+    name_prefix: str = "crossdistill-teacher",
+    teacher_id: str = "",
+    placement_json: str = "{}",
+    config_json: str = "{}",
+) -> NamedTuple("Outputs", [("endpoint", str), ("http", str), ("name", str)]):
+    """Deploy with crossdistill.deploy.serve.deploy_teacher; outputs ``endpoint`` (gRPC host:port).
+
+    The deployment is named ``<name_prefix>[-<teacher_id>]-<job_id>`` (DNS-1123, at most 63
+    characters) so that teacher-teardown, which runs in the pipeline's exit handler and cannot read
+    this step's outputs, finds it again. Backends: ``local`` (a detached process on this machine:
+    for kfp.local), ``kubernetes`` (Deployment + Service) and ``kserve`` (InferenceService); the
+    last two read the model from ``model.uri`` (object storage), the local one from ``model.path``.
+    ``placement_json`` (resources, node_selector, tolerations of the server pod) comes from the
+    pipeline's placement; ``config_json`` holds any other TeacherServeConfig key and wins over it.
+    """
+    import hashlib
+    import json
+    import os
+    import re
+    import tempfile
+    from collections import namedtuple
+
+    from crossdistill.config import deep_merge
+    from crossdistill.deploy.config import TeacherServeConfig
+    from crossdistill.deploy.serve import deploy_teacher
+    from crossdistill.errors import ConfigError
+
+    def load(text: str, field: str) -> dict:
+        try:
+            value = json.loads(text or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"teacher-serve: {field} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"teacher-serve: {field} must be a JSON object, got {type(value).__name__}")
+        return value
+
+    # Keep in step with teacher-teardown: both derive the same name from the job id.
+    raw = "-".join(p for p in (name_prefix, teacher_id, job_id) if p)
+    name = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
+    if len(name) > 63:
+        name = name[:54].rstrip("-") + "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
+    base = deep_merge(load(placement_json, "placement_json"), load(config_json, "config_json"))
+    base.setdefault("workdir", os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name))
+    location = model.path if backend == "local" else model.uri
+    model_file = model.metadata.get("file", "")
+    model_uri = location.rstrip("/") + "/" + model_file if model_file else location
+    cfg = TeacherServeConfig.parse(deep_merge(base, {"model_uri": model_uri, "backend": backend, "name": name}),
+                                   source="teacher-serve config_json")
+    endpoint = deploy_teacher(cfg)
+    print(f"teacher-serve: {cfg.name} answers at grpc {endpoint.grpc} (REST {endpoint.http})")
+    outputs = namedtuple("Outputs", ["endpoint", "http", "name"])
+    return outputs(endpoint.grpc, endpoint.http or "", endpoint.name)

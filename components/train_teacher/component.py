@@ -1,0 +1,43 @@
+"""train-teacher: train the demo Keras teacher (the teacher owner's side) into a Model artifact."""
+
+from components._common import TEACHER, image
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+@dsl.component(base_image=image(TEACHER), install_kfp_package=False)
+def train_teacher(
+    train: Input[Dataset],
+    val: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    epochs: int = 40,
+    arch: str = "mlp",
+    seed: int = 0,
+    threads: int = 1,
+    config_json: str = "{}",
+):
+    """Train with crossdistill.teacher.train_keras; the model is ``<model>/teacher.keras``.
+
+    ``config_json`` holds any other TeacherTrainConfig key; the explicit parameters win over it.
+    """
+    import json
+    import os
+
+    from crossdistill.config import deep_merge
+    from crossdistill.errors import ConfigError
+    from crossdistill.teacher.train_keras import TeacherTrainConfig, train_keras_teacher
+
+    try:
+        base = json.loads(config_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"train-teacher: config_json is not valid JSON: {exc}") from None
+    os.makedirs(model.path, exist_ok=True)
+    cfg = TeacherTrainConfig.parse(deep_merge(base, {
+        "train": train.path, "val": val.path, "out": os.path.join(model.path, "teacher.keras"),
+        "epochs": epochs, "arch": arch, "seed": seed, "threads": threads}), source="train-teacher config_json")
+    result = train_keras_teacher(cfg)
+    model.metadata.update({"file": "teacher.keras", "framework": "keras", "arch": cfg.arch})
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(key, float(value))

@@ -1,0 +1,1 @@
+"""crossdistill's Kubeflow pipelines: online, offline and multi-teacher distillation."""

@@ -1,0 +1,100 @@
+"""offline-distillation: the teacher labels the unlabeled set once, in parallel shards; the student learns from the stored labels.
+
+prepare-data -> train-teacher -> teacher-serve -> pseudo-label x N shards (ParallelFor) ->
+student-train (offline, on the collected shards) -> evaluate, inside an exit handler that tears
+the teacher down.
+"""
+
+from components.evaluate.component import evaluate
+from components.prepare_data.component import prepare_data
+from components.pseudo_label.component import pseudo_label
+from components.student_train.component import student_train
+from components.teacher_serve.component import teacher_serve
+from components.teacher_teardown.component import teacher_teardown
+from components.train_teacher.component import train_teacher
+from kfp import dsl
+from kfp.dsl import Dataset
+from kfp.dsl.graph_component import GraphComponent
+
+from pipelines import placement as pl
+from pipelines.common import deterministic, ephemeral
+
+NAME = "offline-distillation"
+
+
+def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> GraphComponent:
+    """The pipeline, with node-pool placement ``placement`` (default: TPU teacher, GPU student).
+
+    ``label_parallelism`` caps the shards labelled at once (KFP needs it at compile time).
+    """
+    placement = placement or pl.Placement()
+    server_placement = pl.teacher_server_placement_json(placement)
+
+    # The shard loop sits in its own sub-DAG so the endpoint enters it as a DAG input: kfp.local
+    # 2.17 replaces any task output fed straight into a ParallelFor with the loop item.
+    @dsl.pipeline(name="label-shards", description="pseudo-label every shard in parallel")
+    def label_shards(data: Dataset, teacher_endpoint: str, shards: list, top_k: int, temperature: float,
+                     config_json: str) -> list[Dataset]:
+        with dsl.ParallelFor(shards, parallelism=label_parallelism, name="each-shard") as shard:
+            labels = pseudo_label(data=data, teacher_endpoint=teacher_endpoint, shard_index=shard, shards=shards,
+                                  top_k=top_k, temperature=temperature, config_json=config_json)
+            deterministic(pl.on_cpu(labels, placement), retries=2)
+        return dsl.Collected(labels.outputs["soft_labels"])
+
+    @dsl.pipeline(name=NAME, description="Pseudo-label in parallel shards with a served teacher, then distil offline.")
+    def offline_distillation(
+        dataset: str = "digits",
+        student_labels: int = 64,
+        data_seed: int = 0,
+        data_config_json: str = "{}",
+        teacher_arch: str = "mlp",
+        teacher_epochs: int = 40,
+        teacher_config_json: str = "{}",
+        teacher_backend: str = "local",
+        teacher_name_prefix: str = "crossdistill-teacher",
+        teacher_serve_config_json: str = "{}",
+        teacher_placement_json: str = server_placement,
+        shards: list = [0, 1],  # noqa: B006 - KFP defaults are compile-time constants
+        top_k: int = 0,
+        label_temperature: float = 1.0,
+        label_config_json: str = "{}",
+        student_model: str = "mlp",
+        student_epochs: int = 30,
+        temperature: float = 4.0,
+        student_seed: int = 0,
+        student_config_json: str = "{}",
+        eval_config_json: str = "{}",
+        threads: int = 1,
+    ):
+        teardown = teacher_teardown(job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, backend=teacher_backend,
+                                    name_prefix=teacher_name_prefix, config_json=teacher_serve_config_json)
+        ephemeral(pl.on_cpu(teardown, placement, placement.teacher_serve_task))
+        with dsl.ExitHandler(teardown, name="teacher-lifetime"):
+            data = prepare_data(dataset=dataset, student_labels=student_labels, seed=data_seed,
+                                config_json=data_config_json)
+            deterministic(pl.on_cpu(data, placement))
+            teacher = train_teacher(train=data.outputs["train"], val=data.outputs["val"], epochs=teacher_epochs,
+                                    arch=teacher_arch, seed=data_seed, threads=threads,
+                                    config_json=teacher_config_json)
+            deterministic(pl.on_teacher_pool(teacher, placement), retries=2)
+            served = teacher_serve(model=teacher.outputs["model"], job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                   backend=teacher_backend, name_prefix=teacher_name_prefix,
+                                   placement_json=teacher_placement_json, config_json=teacher_serve_config_json)
+            ephemeral(pl.on_cpu(served, placement, placement.teacher_serve_task))
+            labels = label_shards(data=data.outputs["student"], teacher_endpoint=served.outputs["endpoint"],
+                                  shards=shards, top_k=top_k, temperature=label_temperature,
+                                  config_json=label_config_json)
+            student = student_train(train_data=data.outputs["student"], mode="offline",
+                                    soft_labels=labels.output,
+                                    student_model=student_model, epochs=student_epochs, temperature=temperature,
+                                    seed=student_seed, threads=threads, config_json=student_config_json)
+            deterministic(pl.on_student_pool(student, placement), retries=3)
+            scored = evaluate(test_data=data.outputs["test"], student=student.outputs["model"],
+                              teacher_endpoint=served.outputs["endpoint"], title="offline distillation",
+                              threads=threads, config_json=eval_config_json)
+            deterministic(pl.on_student_pool(scored, placement), retries=1)
+
+    return offline_distillation
+
+
+offline_distillation = build()

@@ -1,0 +1,77 @@
+"""online-distillation: the student learns from a served teacher over gRPC, batch by batch.
+
+prepare-data -> train-teacher -> teacher-serve -> student-train (online) -> evaluate, all inside an
+exit handler whose teacher-teardown removes the served teacher however the run ends.
+"""
+
+
+from components.evaluate.component import evaluate
+from components.prepare_data.component import prepare_data
+from components.student_train.component import student_train
+from components.teacher_serve.component import teacher_serve
+from components.teacher_teardown.component import teacher_teardown
+from components.train_teacher.component import train_teacher
+from kfp import dsl
+from kfp.dsl.graph_component import GraphComponent
+
+from pipelines import placement as pl
+from pipelines.common import deterministic, ephemeral
+
+NAME = "online-distillation"
+
+
+def build(placement: pl.Placement | None = None) -> GraphComponent:
+    """The pipeline, with node-pool placement ``placement`` (default: TPU teacher, GPU student)."""
+    placement = placement or pl.Placement()
+    server_placement = pl.teacher_server_placement_json(placement)
+
+    @dsl.pipeline(name=NAME, description="Distil a Keras teacher into a PyTorch student online over gRPC (OIP v2).")
+    def online_distillation(
+        dataset: str = "digits",
+        student_labels: int = 64,
+        data_seed: int = 0,
+        data_config_json: str = "{}",
+        teacher_arch: str = "mlp",
+        teacher_epochs: int = 40,
+        teacher_config_json: str = "{}",
+        teacher_backend: str = "local",
+        teacher_name_prefix: str = "crossdistill-teacher",
+        teacher_serve_config_json: str = "{}",
+        teacher_placement_json: str = server_placement,
+        student_model: str = "mlp",
+        student_epochs: int = 30,
+        temperature: float = 4.0,
+        student_seed: int = 0,
+        student_config_json: str = "{}",
+        eval_config_json: str = "{}",
+        threads: int = 1,
+    ):
+        teardown = teacher_teardown(job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, backend=teacher_backend,
+                                    name_prefix=teacher_name_prefix, config_json=teacher_serve_config_json)
+        ephemeral(pl.on_cpu(teardown, placement, placement.teacher_serve_task))
+        with dsl.ExitHandler(teardown, name="teacher-lifetime"):
+            data = prepare_data(dataset=dataset, student_labels=student_labels, seed=data_seed,
+                                config_json=data_config_json)
+            deterministic(pl.on_cpu(data, placement))
+            teacher = train_teacher(train=data.outputs["train"], val=data.outputs["val"], epochs=teacher_epochs,
+                                    arch=teacher_arch, seed=data_seed, threads=threads,
+                                    config_json=teacher_config_json)
+            deterministic(pl.on_teacher_pool(teacher, placement), retries=2)
+            served = teacher_serve(model=teacher.outputs["model"], job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                   backend=teacher_backend, name_prefix=teacher_name_prefix,
+                                   placement_json=teacher_placement_json, config_json=teacher_serve_config_json)
+            ephemeral(pl.on_cpu(served, placement, placement.teacher_serve_task))
+            student = student_train(train_data=data.outputs["student"], mode="online",
+                                    teacher_endpoint=served.outputs["endpoint"], student_model=student_model,
+                                    epochs=student_epochs, temperature=temperature, seed=student_seed,
+                                    threads=threads, config_json=student_config_json)
+            deterministic(pl.on_student_pool(student, placement), retries=3)
+            scored = evaluate(test_data=data.outputs["test"], student=student.outputs["model"],
+                              teacher_endpoint=served.outputs["endpoint"], title="online distillation",
+                              threads=threads, config_json=eval_config_json)
+            deterministic(pl.on_student_pool(scored, placement), retries=1)
+
+    return online_distillation
+
+
+online_distillation = build()

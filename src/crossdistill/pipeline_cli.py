@@ -1,0 +1,176 @@
+"""`crossdistill pipeline ...`: compile, upload, run-local and list the Kubeflow pipelines.
+
+The pipelines and components live in the source checkout (``pipelines/``, ``components/``), next
+to ``src/``; this module finds that checkout (the current directory or the one this package was
+installed from in editable mode) and puts it on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crossdistill.config import load_config
+from crossdistill.errors import ConfigError, CrossdistillError
+
+
+def repo_root() -> Path:
+    """The checkout holding ``pipelines/`` and ``components/``; ConfigError when there is none."""
+    for candidate in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]):
+        if (candidate / "pipelines" / "compile.py").is_file() and (candidate / "components").is_dir():
+            return candidate
+    raise ConfigError("crossdistill pipeline: run it from the crossdistill checkout "
+                      "(no pipelines/compile.py here or above, nor next to the installed package)")
+
+
+def _import_root() -> Path:
+    root = repo_root()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def _placement(args: argparse.Namespace) -> Any:
+    from pipelines.placement import Placement
+
+    placement = load_config(Placement, args.placement, args.overrides)
+    if args.cpu:
+        placement = placement.model_copy(update={"accelerators": False})
+    return placement
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    root = _import_root()
+    import components
+    from pipelines.compile import PIPELINES, compile_component, compile_pipeline, resolve_name
+
+    placement = _placement(args)
+    out_dir = Path(args.out_dir) if args.out_dir else root / "pipelines" / "compiled"
+    names = [resolve_name(n) for n in args.names] or list(PIPELINES)
+    for name in names:
+        print(f"pipeline  {name:<28} -> {compile_pipeline(name, out_dir / f'{name}.yaml', placement)}")
+    if not args.no_components:
+        for name in components.COMPONENTS:
+            print(f"component {name:<28} -> {compile_component(name)}")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    root = _import_root()
+    from pipelines.compile import PIPELINES, resolve_name
+    from pipelines.upload import client_from_env, upload
+
+    out_dir = Path(args.out_dir) if args.out_dir else root / "pipelines" / "compiled"
+    names = [resolve_name(n) for n in args.names] or list(PIPELINES)
+    missing = [n for n in names if not (out_dir / f"{n}.yaml").is_file()]
+    if missing:
+        raise ConfigError(f"not compiled yet: {', '.join(missing)} in {out_dir}; run `crossdistill pipeline compile`")
+    client = client_from_env()
+    for name in names:
+        print(json.dumps(upload(client, out_dir / f"{name}.yaml", name, version=args.version)))
+    return 0
+
+
+def cmd_run_local(args: argparse.Namespace) -> int:
+    _import_root()
+    from pipelines.run_local import run_local
+
+    run_local(args.name, load_config_dict(args.params, args.overrides), runner=args.runner, pipeline_root=args.pipeline_root,
+              enable_caching=args.cache)
+    print(f"pipeline {args.name}: finished; outputs under {args.pipeline_root}")
+    return 0
+
+
+def load_config_dict(path: str | None, overrides: list[str]) -> dict[str, Any]:
+    """Pipeline arguments from a YAML/JSON file and ``key=value`` pairs (no schema: KFP checks them)."""
+    import yaml
+
+    from crossdistill.config import deep_merge, parse_overrides
+
+    data: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: pipeline arguments must be a mapping of parameter names to values")
+        data = loaded
+    return deep_merge(data, parse_overrides(overrides))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _import_root()
+    import components
+    from pipelines.compile import PIPELINES, build_pipeline
+
+    for name in PIPELINES:
+        pipeline = build_pipeline(name)
+        params = ", ".join(pipeline.component_spec.inputs or {})
+        print(f"pipeline  {name}\n          {pipeline.description}\n          parameters: {params}")
+    for name in components.COMPONENTS:
+        print(f"component {name}")
+    return 0
+
+
+def add_pipeline_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``pipeline`` command (with compile, upload, run-local, list) to ``subparsers``."""
+    p = subparsers.add_parser("pipeline", help="compile, upload or run the Kubeflow pipelines",
+                              description="Compile, upload or locally run crossdistill's Kubeflow pipelines.")
+    sub = p.add_subparsers(dest="pipeline_command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("compile", help="pipelines -> pipelines/compiled/*.yaml, components -> component.yaml")
+    c.add_argument("names", nargs="*", help="pipelines to compile (default: all)")
+    c.add_argument("--out-dir", help="where pipeline YAMLs go (default: pipelines/compiled)")
+    c.add_argument("--placement", help="YAML/JSON with node-pool placement (pipelines.placement.Placement)")
+    c.add_argument("--cpu", action="store_true", help="every task on CPU: no TPU/GPU asks, selectors, tolerations")
+    c.add_argument("--no-components", action="store_true", help="skip the components' component.yaml")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="placement override, e.g. --set teacher.tpu_topology=2x4")
+    c.set_defaults(func=cmd_compile)
+
+    u = sub.add_parser("upload", help="upload compiled pipelines (KFP_HOST, KFP_NAMESPACE, KFP_TOKEN)")
+    u.add_argument("names", nargs="*", help="pipelines to upload (default: all)")
+    u.add_argument("--out-dir", help="where the compiled YAMLs are (default: pipelines/compiled)")
+    u.add_argument("--version", help="version name when the pipeline exists (default: a UTC timestamp)")
+    u.set_defaults(func=cmd_upload)
+
+    r = sub.add_parser("run-local", help="run a pipeline here through kfp.local")
+    r.add_argument("name", help="online | offline | multi-teacher (or the full pipeline name)")
+    r.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
+    r.add_argument("--params", help="YAML/JSON file of pipeline arguments")
+    r.add_argument("--pipeline-root", default="runs/kfp-local", help="where task outputs go")
+    r.add_argument("--cache", action="store_true", help="reuse outputs of cached tasks from earlier runs")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
+                   help="pipeline argument, e.g. --set student_epochs=2 (repeatable)")
+    r.set_defaults(func=cmd_run_local)
+
+    ls = sub.add_parser("list", help="list pipelines (with their parameters) and components")
+    ls.set_defaults(func=cmd_list)
+
+    for sp in (c, u, r, ls):
+        sp.set_defaults(func=_guarded(sp.get_default("func")))
+    return p
+
+
+def _guarded(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (CrossdistillError, KeyError) as exc:
+            print(f"crossdistill pipeline {args.pipeline_command}: error: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crossdistill.pipeline_cli COMMAND ...`` (the same as ``crossdistill pipeline COMMAND``)."""
+    parser = argparse.ArgumentParser(prog="crossdistill")
+    subparsers = parser.add_subparsers(dest="step", required=True)
+    add_pipeline_parser(subparsers)
+    args = parser.parse_args(["pipeline", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

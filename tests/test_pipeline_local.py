@@ -1,0 +1,71 @@
+"""Whole pipelines through kfp.local.SubprocessRunner on digits: online in the normal suite, the rest slow."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from pipelines.run_local import run_local
+
+FAST_EVAL = json.dumps({"latency_repeats": 2, "latency_warmup": 0, "export": ["torchscript"]})
+TEACHERS_DIR = Path(tempfile.gettempdir()) / "crossdistill-teachers"
+
+
+def _outputs(root: Path, task: str) -> dict:
+    [path] = root.glob(f"*/{task}/executor_output.json")
+    return {name: spec["artifacts"][0] for name, spec in json.loads(path.read_text())["artifacts"].items()}
+
+
+def _no_teacher_left(root: Path, prefix: str) -> None:
+    """The servers this run started (named in teacher-serve's outputs) have no pid file left."""
+    names = [json.loads(p.read_text())["parameterValues"]["name"] for p in root.glob("**/teacher-serve/executor_output.json")]
+    assert names and all(n.startswith(prefix) for n in names)
+    assert not [n for n in names if (TEACHERS_DIR / n / f"{n}.pid").exists()], "teacher-teardown left a server running"
+
+
+def _check_evaluate(root: Path, min_teacher_acc: float = 0.5) -> dict:
+    out = _outputs(root, "evaluate")
+    metrics = out["metrics"]["metadata"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    rows = out["confusion"]["metadata"]["confusionMatrix"]["rows"]
+    assert sum(sum(r["row"]) for r in rows) == metrics["num_examples"]
+    assert "<html" in Path(out["report"]["uri"]).read_text().lower()
+    assert Path(out["summary"]["uri"]).read_text().startswith("# ")
+    assert (Path(out["exported"]["uri"]) / "metrics.json").is_file()
+    return metrics
+
+
+def test_online_pipeline_end_to_end(tmp_path):
+    run_local("online", {"teacher_epochs": 3, "student_epochs": 2, "teacher_name_prefix": "cd-test-online",
+                         "eval_config_json": FAST_EVAL}, pipeline_root=tmp_path)
+    metrics = _check_evaluate(tmp_path)
+    assert metrics["teacher_accuracy"] > 0.5  # a 3-epoch MLP teacher on digits is far above chance
+    assert "teacher_agreement" in metrics
+    train = _outputs(tmp_path, "student-train")
+    assert train["model"]["metadata"]["mode"] == "online"
+    _no_teacher_left(tmp_path, "cd-test-online")
+
+
+@pytest.mark.slow
+def test_offline_pipeline_end_to_end(tmp_path):
+    run_local("offline", {"teacher_epochs": 3, "student_epochs": 2, "shards": [0, 1, 2],
+                          "teacher_name_prefix": "cd-test-offline", "eval_config_json": FAST_EVAL},
+              pipeline_root=tmp_path)
+    shards = sorted(tmp_path.glob("*/for-loop-*/pseudo-label/executor_output.json"))
+    assert len(shards) == 3
+    indices = {json.loads(p.read_text())["artifacts"]["soft_labels"]["artifacts"][0]["metadata"]["shard_index"]
+               for p in shards}
+    assert indices == {0, 1, 2}
+    _check_evaluate(tmp_path)
+    _no_teacher_left(tmp_path, "cd-test-offline")
+
+
+@pytest.mark.slow
+def test_multi_teacher_pipeline_end_to_end(tmp_path):
+    run_local("multi-teacher", {"teacher_epochs": 3, "student_epochs": 2, "teacher_name_prefix": "cd-test-multi",
+                                "eval_config_json": FAST_EVAL}, pipeline_root=tmp_path)
+    metrics = _check_evaluate(tmp_path)
+    assert "teacher_accuracy" in metrics and "teacher1_accuracy" in metrics  # both teachers scored
+    assemble = _outputs(tmp_path, "assemble")
+    assert sorted(assemble["distill_set"]["metadata"]["teachers"]) == ["cnn", "mlp"]
+    _no_teacher_left(tmp_path, "cd-test-multi")
