@@ -44,6 +44,7 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
         student_seed: int = 0,
         student_config_json: str = "{}",
         eval_config_json: str = "{}",
+        compare_baselines: bool = False,
         threads: int = 1,
     ):
         teardown = teacher_teardown(job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, backend=teacher_backend,
@@ -70,6 +71,23 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
                               teacher_endpoint=served.outputs["endpoint"], title="online distillation",
                               threads=threads, config_json=eval_config_json)
             deterministic(pl.on_student_pool(scored, placement), retries=1)
+            with dsl.If(compare_baselines == True, name="compare-baselines"):  # noqa: E712 - a KFP condition
+                # The same student on the student owner's few labels alone, and (for reference) on all labels.
+                few = student_train(train_data=data.outputs["student"], mode="hard", student_model=student_model,
+                                    epochs=student_epochs, seed=student_seed, threads=threads,
+                                    config_json=student_config_json).set_display_name("student-few-labels")
+                full = student_train(train_data=data.outputs["train"], mode="hard", student_model=student_model,
+                                     epochs=student_epochs, seed=student_seed, threads=threads,
+                                     config_json=student_config_json).set_display_name("student-all-labels")
+                for task in (few, full):
+                    deterministic(pl.on_student_pool(task, placement), retries=3)
+                compared = evaluate(test_data=data.outputs["test"], student=student.outputs["model"],
+                                    teacher_endpoint=served.outputs["endpoint"], baseline=few.outputs["model"],
+                                    baseline_name="few labels only", reference=full.outputs["model"],
+                                    reference_name="all labels (reference)",
+                                    title="online distillation vs. the student's baselines", threads=threads,
+                                    config_json=eval_config_json).set_display_name("evaluate-vs-baselines")
+                deterministic(pl.on_student_pool(compared, placement), retries=1)
 
     return online_distillation
 

@@ -17,6 +17,10 @@ def evaluate(
     exported: Output[Model],
     teacher_endpoint: str = "",
     teacher_endpoints: list[str] = [],  # noqa: B006 - KFP defaults are compile-time constants
+    baseline: Input[Model] = None,
+    baseline_name: str = "baseline",
+    reference: Input[Model] = None,
+    reference_name: str = "reference",  # noqa: B006 - KFP defaults are compile-time constants
     title: str = "crossdistill student",
     threads: int = 1,
     config_json: str = "{}",
@@ -24,7 +28,8 @@ def evaluate(
     """Run crossdistill.evaluate.run.run_evaluate; ``exported`` holds TorchScript + ONNX and metrics.json.
 
     ``teacher_endpoint`` (one teacher) or ``teacher_endpoints`` (every teacher of a multi-teacher
-    run) add teacher accuracy and student-teacher agreement. ``config_json`` holds any other
+    run) add teacher accuracy and student-teacher agreement. ``baseline`` and ``reference`` (optional)
+    are further students scored beside it in the comparison table. ``config_json`` holds any other
     EvaluateConfig key; the explicit parameters win over it.
     """
     import json
@@ -43,9 +48,16 @@ def evaluate(
         return {k: float(v) for k, v in (values or {}).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+    def model_file(artifact: Model) -> str:
+        file = artifact.metadata.get("file", "")
+        return os.path.join(artifact.path, file) if file else artifact.path
+
     file = student.metadata.get("file", "")
-    data = {"test_data": test_data.path, "student": os.path.join(student.path, file) if file else student.path,
+    data = {"test_data": test_data.path, "student": model_file(student),
             "out": exported.path, "title": title, "threads": threads}
+    extra = {name: model_file(a) for name, a in ((baseline_name, baseline), (reference_name, reference)) if a}
+    if extra:
+        data["baselines"] = deep_merge(base.get("baselines") or {}, extra)
     endpoints = [e for e in [teacher_endpoint, *teacher_endpoints] if e]
     if endpoints:
         data["teacher"] = deep_merge(base.get("teacher") or {}, {"url": endpoints[0]})

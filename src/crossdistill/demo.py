@@ -4,13 +4,18 @@ The teacher's owner trains a Keras teacher on all of its labeled data and serves
 process; the student's owner holds the same kind of inputs with only a few labels, never sees the
 teacher's weights, and distils a PyTorch student online over gRPC. Baselines: the same student on the
 few labels alone, and (for reference) on all labels. Results are averaged over a few seeds.
+
+``runner="kfp-local"`` (the default) runs the compiled ``online-distillation`` pipeline once per seed
+through ``kfp.local`` (every step a real component in its own process); ``runner="library"`` calls the
+same library functions directly, without Kubeflow.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -22,7 +27,9 @@ from crossdistill.data.splits import PrepareDataConfig, prepare_data
 class DemoConfig(StrictConfig):
     """Configuration of `crossdistill demo` (what `make run` runs)."""
 
-    out: str = Field("runs/demo", description="where everything is written (any fsspec URI)")
+    out: str = Field("runs/demo", description="where everything is written (a local folder for kfp-local)")
+    runner: Literal["kfp-local", "library"] = Field(
+        "kfp-local", description="kfp-local: the online pipeline through kfp.local; library: direct calls")
     dataset: str = "digits"
     student_labels: int = Field(64, ge=1, description="labels the student owner holds")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
@@ -36,7 +43,6 @@ class DemoConfig(StrictConfig):
     hard_weight: float = Field(0.1, ge=0)
     batch_size: int = 64
     lr: float = 3e-3
-    max_in_flight: int = 4
     threads: int = Field(1, ge=1, description="threads per process (teacher and student each)")
 
 
@@ -51,20 +57,71 @@ def _train_student(cfg: DemoConfig, name: str, data: str, seed: int, mode: str, 
 
     out = storage.join(cfg.out, "students", f"{name}-seed{seed}")
     train_cfg: dict[str, Any] = {
-        "train_data": data, "out": out, "mode": mode, "seed": seed, "epochs": cfg.student_epochs,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "threads": cfg.threads,
-        "model": {"name": "mlp", "kwargs": {"hidden": cfg.student_hidden}},
-        "temperature": cfg.temperature, "soft_weight": cfg.soft_weight, "hard_weight": cfg.hard_weight,
+        **_student_config(cfg), "train_data": data, "out": out, "mode": mode, "seed": seed,
+        "epochs": cfg.student_epochs, "threads": cfg.threads, "temperature": cfg.temperature,
         "resume": False, "progress": False,
     }
+    train_cfg["model"]["name"] = "mlp"
     if mode == "online":
-        train_cfg["teacher"] = {"url": teacher_url, "max_in_flight": cfg.max_in_flight}
+        train_cfg["teacher"] = {"url": teacher_url}
     result = train_student(StudentTrainConfig.parse(train_cfg, source=f"demo student {name}"))
     return result.model_uri
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole flow and print the comparison table; returns the summary written to summary.json."""
+    rows, report = _run_pipeline(cfg) if cfg.runner == "kfp-local" else _run_library(cfg)
+    summary = _summarise(rows, cfg)
+    summary["report"] = report
+    storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2))
+    print(_table(summary))
+    print(f"\nreport:  {report}")
+    print(f"summary: {storage.join(cfg.out, 'summary.json')}")
+    return summary
+
+
+def _student_config(cfg: DemoConfig) -> dict[str, Any]:
+    return {"batch_size": cfg.batch_size, "lr": cfg.lr, "soft_weight": cfg.soft_weight,
+            "hard_weight": cfg.hard_weight, "model": {"kwargs": {"hidden": cfg.student_hidden}}}
+
+
+def _collect(rows: dict[str, list[dict[str, Any]]], metrics: dict[str, Any]) -> None:
+    for row in metrics["comparison"]:
+        key = {"student": "distilled", "teacher": "teacher"}.get(row["role"]) or (
+            "few" if row["name"].startswith("few") else "all")
+        rows.setdefault(key, []).append(row)
+
+
+def _run_pipeline(cfg: DemoConfig) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """The online-distillation pipeline through kfp.local, once per seed, with its baseline branch on."""
+    from crossdistill.pipeline_cli import import_checkout
+
+    import_checkout()
+    from pipelines.run_local import run_local
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    report = ""
+    for seed in cfg.seeds:
+        root = Path(cfg.out) / "kfp" / f"seed{seed}"
+        print(f"[seed {seed}] online-distillation pipeline through kfp.local -> {root}")
+        run_local("online", {
+            "dataset": cfg.dataset, "student_labels": cfg.student_labels, "teacher_epochs": cfg.teacher_epochs,
+            "teacher_config_json": json.dumps({"hidden": cfg.teacher_hidden}),
+            "teacher_name_prefix": "demo-teacher", "student_epochs": cfg.student_epochs,
+            "temperature": cfg.temperature, "student_seed": seed,
+            "student_config_json": json.dumps(_student_config(cfg)), "compare_baselines": True,
+            "threads": cfg.threads}, pipeline_root=root)
+        found = [p for p in sorted(root.rglob("metrics.json"), key=lambda p: p.stat().st_mtime)
+                 if json.loads(p.read_text()).get("baselines")]
+        if not found:
+            raise RuntimeError(f"the pipeline under {root} left no metrics.json with baselines")
+        _collect(rows, json.loads(found[-1].read_text()))
+        report = report or str(found[-1].parent / "report.html")
+    return rows, report
+
+
+def _run_library(cfg: DemoConfig) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """The same flow through direct library calls."""
     from crossdistill.deploy.config import TeacherServeConfig
     from crossdistill.deploy.serve import deploy_teacher, teardown_teacher
     from crossdistill.evaluate.run import EvaluateConfig, run_evaluate
@@ -105,18 +162,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 "title": f"crossdistill demo: Keras teacher -> PyTorch student over gRPC (seed {seed})",
                 "threads": cfg.threads,
             }))
-            for row in metrics["comparison"]:
-                key = {"student": "distilled", "teacher": "teacher"}.get(row["role"]) or (
-                    "few" if row["name"].startswith("few") else "all")
-                rows.setdefault(key, []).append(row)
+            _collect(rows, metrics)
     finally:
         teardown_teacher(serve_cfg)
-    summary = _summarise(rows, cfg)
-    storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2))
-    print(_table(summary))
-    print(f"\nreport: {storage.join(cfg.out, 'report', f'seed{cfg.seeds[0]}', 'report.html')}")
-    print(f"summary: {storage.join(cfg.out, 'summary.json')}")
-    return summary
+    return rows, storage.join(cfg.out, "report", f"seed{cfg.seeds[0]}", "report.html")
 
 
 def _summarise(rows: dict[str, list[dict[str, Any]]], cfg: DemoConfig) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def repo_root() -> Path:
                       "(no pipelines/compile.py here or above, nor next to the installed package)")
 
 
-def _import_root() -> Path:
+def import_checkout() -> Path:
     root = repo_root()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -43,7 +43,7 @@ def _placement(args: argparse.Namespace) -> Any:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    root = _import_root()
+    root = import_checkout()
     import components
     from pipelines.compile import PIPELINES, compile_component, compile_pipeline, resolve_name
 
@@ -59,7 +59,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    root = _import_root()
+    root = import_checkout()
     from pipelines.compile import PIPELINES, resolve_name
     from pipelines.upload import client_from_env, upload
 
@@ -75,7 +75,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
-    _import_root()
+    import_checkout()
     from pipelines.run_local import run_local
 
     run_local(args.name, load_config_dict(args.params, args.overrides), runner=args.runner, pipeline_root=args.pipeline_root,
@@ -100,7 +100,7 @@ def load_config_dict(path: str | None, overrides: list[str]) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _import_root()
+    import_checkout()
     import components
     from pipelines.compile import PIPELINES, build_pipeline
 
