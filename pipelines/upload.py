@@ -41,3 +41,12 @@ def upload(client: Any, package: str | Path, name: str, *, version: str | None =
                                           description=description)
     return {"pipeline": name, "pipeline_id": pipeline_id, "version": version,
             "version_id": made.pipeline_version_id, "action": "new version"}
+
+
+def submit(client: Any, package: str | Path, arguments: dict[str, Any], *, experiment: str = "crossdistill",
+           run_name: str | None = None, service_account: str | None = None) -> dict[str, str]:
+    """Start a run of compiled ``package`` with ``arguments`` in ``experiment``; returns the run id."""
+    run = client.create_run_from_pipeline_package(
+        str(package), arguments=arguments, experiment_name=experiment, run_name=run_name,
+        service_account=service_account)
+    return {"run_id": run.run_id, "experiment": experiment}

@@ -161,6 +161,8 @@ def test_upload_without_endpoint_says_what_to_set(tmp_path, monkeypatch, capsys)
     pipeline_cli.main(["compile", "--out-dir", str(tmp_path), "--no-components"])
     assert pipeline_cli.main(["upload", "--out-dir", str(tmp_path)]) == 1
     assert "KFP_HOST is not set" in capsys.readouterr().err
+    assert pipeline_cli.main(["submit", "online", "--out-dir", str(tmp_path), "--set", "student_epochs=2"]) == 1
+    assert "KFP_HOST is not set" in capsys.readouterr().err
 
 
 def test_docker_runner_only_when_an_engine_answers():

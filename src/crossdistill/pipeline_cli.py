@@ -74,6 +74,22 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    root = import_checkout()
+    from pipelines.compile import resolve_name
+    from pipelines.upload import client_from_env, submit
+
+    name = resolve_name(args.name)
+    package = (Path(args.out_dir) if args.out_dir else root / "pipelines" / "compiled") / f"{name}.yaml"
+    if not package.is_file():
+        raise ConfigError(f"not compiled yet: {package}; run `crossdistill pipeline compile`")
+    arguments = load_config_dict(args.params, args.overrides)
+    client = client_from_env()
+    print(json.dumps(submit(client, package, arguments, experiment=args.experiment, run_name=args.run_name,
+                            service_account=args.service_account)))
+    return 0
+
+
 def cmd_run_local(args: argparse.Namespace) -> int:
     import_checkout()
     from pipelines.run_local import run_local
@@ -114,7 +130,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def add_pipeline_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``pipeline`` command (with compile, upload, run-local, list) to ``subparsers``."""
+    """Add the ``pipeline`` command (compile, upload, submit, run-local, list) to ``subparsers``."""
     p = subparsers.add_parser("pipeline", help="compile, upload or run the Kubeflow pipelines",
                               description="Compile, upload or locally run crossdistill's Kubeflow pipelines.")
     sub = p.add_subparsers(dest="pipeline_command", metavar="COMMAND", required=True)
@@ -135,6 +151,18 @@ def add_pipeline_parser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("--version", help="version name when the pipeline exists (default: a UTC timestamp)")
     u.set_defaults(func=cmd_upload)
 
+    s = sub.add_parser("submit", help="start a run of a compiled pipeline on KFP_HOST")
+    s.add_argument("name", help="online | offline | multi-teacher (or the full pipeline name)")
+    s.add_argument("--params", help="YAML/JSON file of pipeline arguments")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
+                   help="pipeline argument, e.g. --set teacher_backend=kserve (repeatable)")
+    s.add_argument("--experiment", default="crossdistill", help="KFP experiment (created when missing)")
+    s.add_argument("--run-name", help="run name (default: KFP's)")
+    s.add_argument("--service-account", default="crossdistill-pipeline",
+                   help="Kubernetes service account of the run's pods (manifests/base creates it)")
+    s.add_argument("--out-dir", help="where the compiled YAMLs are (default: pipelines/compiled)")
+    s.set_defaults(func=cmd_submit)
+
     r = sub.add_parser("run-local", help="run a pipeline here through kfp.local")
     r.add_argument("name", help="online | offline | multi-teacher (or the full pipeline name)")
     r.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
@@ -148,7 +176,7 @@ def add_pipeline_parser(subparsers: Any) -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list pipelines (with their parameters) and components")
     ls.set_defaults(func=cmd_list)
 
-    for sp in (c, u, r, ls):
+    for sp in (c, u, s, r, ls):
         sp.set_defaults(func=_guarded(sp.get_default("func")))
     return p
 
