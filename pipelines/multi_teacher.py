@@ -89,11 +89,11 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
                 ephemeral(pl.on_cpu(served, placement, placement.teacher_serve_task))
                 val_labels = pseudo_label(data=data.outputs["val"], teacher_endpoint=served.outputs["endpoint"],
                                           teacher_name=t.teacher, config_json=label_config_json)
-                deterministic(pl.on_cpu(val_labels, placement), retries=2).set_display_name("label-val")
+                deterministic(pl.teacher_client(pl.on_cpu(val_labels, placement)), retries=2).set_display_name("label-val")
                 pool_labels = pseudo_label(data=data.outputs["unlabeled"],
                                            teacher_endpoint=served.outputs["endpoint"], teacher_name=t.teacher,
                                            config_json=label_config_json)
-                deterministic(pl.on_cpu(pool_labels, placement), retries=2).set_display_name("label-unlabeled")
+                deterministic(pl.teacher_client(pl.on_cpu(pool_labels, placement)), retries=2).set_display_name("label-unlabeled")
             experts = expert_evaluate(val=data.outputs["val"],
                                       val_tables=dsl.Collected(val_labels.outputs["soft_labels"]), metric=expert_metric,
                                       min_score=expert_min_score, config_json=expert_config_json)

@@ -38,7 +38,7 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
         with dsl.ParallelFor(shards, parallelism=label_parallelism, name="each-shard") as shard:
             labels = pseudo_label(data=data, teacher_endpoint=teacher_endpoint, shard_index=shard, shards=shards,
                                   top_k=top_k, temperature=temperature, config_json=config_json)
-            deterministic(pl.on_cpu(labels, placement), retries=2)
+            deterministic(pl.teacher_client(pl.on_cpu(labels, placement)), retries=2)
         return dsl.Collected(labels.outputs["soft_labels"])
 
     @dsl.pipeline(name=NAME, description="Pseudo-label in parallel shards with a served teacher, then distil offline.")

@@ -94,10 +94,19 @@ def on_teacher_pool(task: PipelineTask, placement: Placement) -> PipelineTask:
     return task
 
 
+def teacher_client(task: PipelineTask) -> PipelineTask:
+    """A task that calls the teacher: labelled so manifests/base's NetworkPolicy lets it reach teacher pods."""
+    from crossdistill.deploy.kubernetes import ROLE_LABEL
+
+    kubernetes.add_pod_label(task, ROLE_LABEL, "student")
+    return task
+
+
 def on_student_pool(task: PipelineTask, placement: Placement) -> PipelineTask:
     """A task that runs the student (training, evaluation): GPU ask, GPU selector and toleration."""
     pool = placement.student
     _requests(task, pool.resources)
+    teacher_client(task)
     if not placement.accelerators:
         return task
     task.set_accelerator_type(pool.accelerator_type).set_accelerator_limit(pool.gpus)

@@ -30,6 +30,17 @@ def _executors(spec: dict) -> dict:
     return {name.removeprefix("exec-"): ex["container"] for name, ex in spec["deploymentSpec"]["executors"].items()}
 
 
+def _component(task: str) -> str:
+    """'evaluate-2' -> 'evaluate': the component behind a (numbered) executor."""
+    base, _, suffix = task.rpartition("-")
+    return base if suffix.isdigit() else task
+
+
+def _placement_only(k8s: dict) -> dict:
+    """The platform config of one executor without the pod labels (those are not placement)."""
+    return {k: v for k, v in k8s.items() if k != "podMetadata"}
+
+
 @pytest.fixture(scope="module", params=sorted(PIPELINES))
 def compiled(request, tmp_path_factory):
     return request.param, *_compile(request.param, tmp_path_factory.mktemp("compiled"))
@@ -39,19 +50,20 @@ def test_teacher_asks_for_tpu_and_student_for_gpu(compiled):
     _, spec, platform = compiled
     for task, container in _executors(spec).items():
         acc = container.get("resources", {}).get("accelerator")
-        if task in TEACHER_TASKS:
+        kind = _component(task)
+        if kind in TEACHER_TASKS:
             assert acc["resourceType"] == "google.com/tpu" and acc["resourceCount"] == "4"
             assert container["image"].endswith("crossdistill-teacher-tpu:0.1.0") or "teacher-tpu" in container["image"]
             k8s = platform[f"exec-{task}"]
             assert k8s["nodeSelector"]["labels"] == {TPU_ACCELERATOR_LABEL: "tpu-v5-lite-podslice",
                                                      TPU_TOPOLOGY_LABEL: "2x2"}
             assert {"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
-        elif task in STUDENT_TASKS:
+        elif kind in STUDENT_TASKS:
             assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
             assert platform[f"exec-{task}"]["nodeSelector"]["labels"] == {GPU_ACCELERATOR_LABEL: "nvidia-l4"}
         else:
             assert acc is None, f"{task} should not ask for an accelerator"
-            assert f"exec-{task}" not in platform
+            assert not _placement_only(platform.get(f"exec-{task}", {}))
         assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryRequest"]
 
 
@@ -66,6 +78,17 @@ def test_exit_handler_wraps_the_dag_and_tears_the_teacher_down(compiled):
     # The teardown derives the deployment name from the job id, like teacher-serve.
     job_id = root["teacher-teardown"]["inputs"]["parameters"]["job_id"]["runtimeValue"]["constant"]
     assert job_id == "{{$.pipeline_job_uuid}}"
+
+
+def test_only_tasks_that_call_the_teacher_are_labelled_as_students(compiled):
+    """manifests/base's NetworkPolicy lets only crossdistill.dev/role=student pods reach the teacher."""
+    name, _, platform = compiled
+    labelled = {_component(ex.removeprefix("exec-")) for ex, cfg in platform.items()
+                if cfg.get("podMetadata", {}).get("labels", {}).get("crossdistill.dev/role") == "student"}
+    assert {"student-train", "evaluate"} <= labelled
+    if name == "offline-distillation":
+        assert "pseudo-label" in labelled
+    assert not labelled & {"train-teacher", "teacher-serve", "teacher-teardown", "prepare-data"}
 
 
 def test_caching_and_retries(compiled):
@@ -113,7 +136,7 @@ def test_cpu_switch_removes_every_accelerator_selector_and_toleration(tmp_path):
         for task, container in _executors(spec).items():
             assert "accelerator" not in container.get("resources", {}), task
             assert "tpu" not in container["image"]
-        assert platform == {}
+        assert all(not _placement_only(k8s) for k8s in platform.values())
         default = spec["root"]["inputDefinitions"]["parameters"]["teacher_placement_json"]["defaultValue"]
         assert "tpu" not in default
 
