@@ -53,6 +53,10 @@ STEPS: dict[str, Step] = {
 }
 
 
+# Steps that print their own table and write their results to files: no JSON dump after them.
+SELF_REPORTING = {"demo", "multi-teacher"}
+
+
 def resolve(step: str) -> tuple[type[StrictConfig], Any]:
     """The schema class and entry function of ``step`` (imported lazily: TF and torch are heavy)."""
     spec = STEPS[step]
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"crossdistill {args.step}: interrupted", file=sys.stderr)
         return 130
-    if result is not None and args.step != "demo":
+    if result is not None and args.step not in SELF_REPORTING:
         print(json.dumps(_jsonable(result), indent=2, default=str))
     return 0
 

@@ -197,6 +197,10 @@ def run_scenario(cfg: ScenarioConfig) -> dict[str, Any]:
     storage.write_text(storage.join(cfg.out, "results.json"), json.dumps(results, indent=1))
     results["summary"] = render_summary(results, report)
     storage.write_text(storage.join(cfg.out, "summary.md"), results["summary"])
+    print(results["summary"])
+    if not results["student_beats_all"]:
+        print("note: the student did not beat every baseline in this run")
+    print(f"results: {storage.join(cfg.out, 'results.json')}\nsummary: {storage.join(cfg.out, 'summary.md')}")
     return results
 
 
@@ -217,23 +221,3 @@ def render_summary(results: dict[str, Any], report: dict[str, Any]) -> str:
     lines += ["", f"Coverage: {cov['covered']}/{cov['examples']} unlabeled examples got an inferred label "
                   f"({cov['share']:.1%}); method {cov.get('method')}."]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m crossdistill.experts.scenario [--config f.yaml] [key=value ...]``: run and print the summary."""
-    import argparse
-
-    from crossdistill.config import load_config
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    results = run_scenario(load_config(ScenarioConfig, args.config, args.overrides))
-    print(results["summary"])
-    if not results["student_beats_all"]:
-        print("note: the student did not beat every baseline in this run")
-
-
-if __name__ == "__main__":
-    main()
