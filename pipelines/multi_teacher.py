@@ -25,9 +25,14 @@ from pipelines.common import deterministic, ephemeral
 NAME = "multi-teacher-distillation"
 
 # One item per teacher: "teacher" names it (not "name": a loop item's .name is KFP's own attribute).
+# The shipped scenario (the patent's dog-breed example on digits): three specialists, each trained on
+# and outputting only its classes ("classes"), and one weak generalist trained on a handful of examples
+# ("max_examples"); [] / 0 mean every class / every example. Every item carries every key.
 DEFAULT_TEACHERS = [
-    {"teacher": "mlp", "arch": "mlp", "seed": 1},
-    {"teacher": "cnn", "arch": "cnn", "seed": 2},
+    {"teacher": "specialist0", "arch": "mlp", "seed": 1, "classes": [0, 1, 2, 3], "max_examples": 0},
+    {"teacher": "specialist1", "arch": "mlp", "seed": 2, "classes": [3, 4, 5, 6], "max_examples": 0},
+    {"teacher": "specialist2", "arch": "mlp", "seed": 3, "classes": [6, 7, 8, 9, 0], "max_examples": 0},
+    {"teacher": "generalist", "arch": "mlp", "seed": 4, "classes": [], "max_examples": 30},
 ]
 
 
@@ -80,6 +85,7 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
             with dsl.ParallelFor(teachers, parallelism=teacher_parallelism, name="each-teacher") as t:
                 teacher = train_teacher(train=data.outputs["train"], val=data.outputs["val"],
                                         epochs=teacher_epochs, arch=t.arch, seed=t.seed, threads=threads,
+                                        classes=t.classes, max_examples=t.max_examples,
                                         config_json=teacher_config_json)
                 deterministic(pl.on_teacher_pool(teacher, placement), retries=2)
                 served = teacher_serve(model=teacher.outputs["model"], job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -88,11 +94,12 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
                                        config_json=teacher_serve_config_json)
                 ephemeral(pl.on_cpu(served, placement, placement.teacher_serve_task))
                 val_labels = pseudo_label(data=data.outputs["val"], teacher_endpoint=served.outputs["endpoint"],
-                                          teacher_name=t.teacher, config_json=label_config_json)
+                                          teacher_name=t.teacher, label_map=teacher.outputs["label_map"],
+                                          config_json=label_config_json)
                 deterministic(pl.teacher_client(pl.on_cpu(val_labels, placement)), retries=2).set_display_name("label-val")
                 pool_labels = pseudo_label(data=data.outputs["unlabeled"],
                                            teacher_endpoint=served.outputs["endpoint"], teacher_name=t.teacher,
-                                           config_json=label_config_json)
+                                           label_map=teacher.outputs["label_map"], config_json=label_config_json)
                 deterministic(pl.teacher_client(pl.on_cpu(pool_labels, placement)), retries=2).set_display_name("label-unlabeled")
             experts = expert_evaluate(val=data.outputs["val"],
                                       val_tables=dsl.Collected(val_labels.outputs["soft_labels"]), metric=expert_metric,
@@ -116,6 +123,7 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
             deterministic(pl.on_student_pool(student, placement), retries=3)
             scored = evaluate(test_data=data.outputs["test"], student=student.outputs["model"],
                               teacher_endpoints=dsl.Collected(served.outputs["endpoint"]),
+                              teacher_label_maps=dsl.Collected(teacher.outputs["label_map"]),
                               title="multi-teacher distillation", threads=threads, config_json=eval_config_json)
             deterministic(pl.on_student_pool(scored, placement), retries=1)
 

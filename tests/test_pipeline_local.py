@@ -62,10 +62,42 @@ def test_offline_pipeline_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_multi_teacher_pipeline_end_to_end(tmp_path):
-    run_local("multi-teacher", {"teacher_epochs": 3, "student_epochs": 2, "teacher_name_prefix": "cd-test-multi",
+    from pipelines.multi_teacher import DEFAULT_TEACHERS
+
+    run_local("multi-teacher", {"teacher_epochs": 10, "student_epochs": 3, "teacher_name_prefix": "cd-test-multi",
                                 "eval_config_json": FAST_EVAL}, pipeline_root=tmp_path)
     metrics = _check_evaluate(tmp_path)
-    assert "teacher_accuracy" in metrics and "teacher1_accuracy" in metrics  # both teachers scored
+    # The default scenario: three specialists (only their classes, a label map) and one weak generalist.
+    configured = {t["teacher"]: t for t in DEFAULT_TEACHERS}
+    assert sum(bool(t["classes"]) for t in DEFAULT_TEACHERS) == 3
+    assert [t["max_examples"] for t in DEFAULT_TEACHERS if not t["classes"]] == [30]
+    seen = {}
+    for loop in tmp_path.glob("*/for-loop-*"):
+        trained = json.loads((loop / "train-teacher" / "executor_output.json").read_text())
+        label_map = trained["parameterValues"]["label_map"]
+        teacher_metrics = trained["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+        for task in ("pseudo-label", "pseudo-label-2"):
+            labelled = json.loads((loop / task / "executor_output.json").read_text())
+            table = labelled["artifacts"]["soft_labels"]["artifacts"][0]
+            seen.setdefault(table["metadata"]["teacher"], []).append(label_map)
+            meta = json.loads((Path(table["uri"]) / "manifest.json").read_text())["meta"]
+            assert meta["num_classes"] == len(label_map) and meta.get("global_num_classes", 10) == 10
+        name = table["metadata"]["teacher"]
+        want = configured[name]["classes"] or list(range(10))
+        assert label_map == want
+        if configured[name]["classes"]:
+            assert meta["label_map"] == want
+        else:
+            assert teacher_metrics["train_examples"] == 30
+    assert sorted(seen) == sorted(configured)
+    # The student is scored against every teacher; specialists through their label maps.
+    for i, t in enumerate(DEFAULT_TEACHERS):
+        prefix = "teacher_" if i == 0 else f"teacher{i}_"
+        assert 0.0 <= metrics[f"{prefix}accuracy"] <= 1.0
+        if t["classes"]:
+            assert metrics[f"{prefix}num_outputs"] == len(t["classes"])
+            assert metrics[f"{prefix}accuracy"] <= len(t["classes"]) / 10 + 0.05  # it never names other classes
+            assert metrics[f"{prefix}covered_accuracy"] > 0.5
     assemble = _outputs(tmp_path, "assemble")
-    assert sorted(assemble["distill_set"]["metadata"]["teachers"]) == ["cnn", "mlp"]
+    assert sorted(assemble["distill_set"]["metadata"]["teachers"]) == sorted(configured)
     _no_teacher_left(tmp_path, "cd-test-multi")

@@ -15,6 +15,7 @@ def pseudo_label(
     top_k: int = 0,
     temperature: float = 1.0,
     teacher_name: str = "teacher",
+    label_map: list = [],  # noqa: B006 - KFP defaults are compile-time constants
     config_json: str = "{}",
 ):
     """Label shard ``shard_index`` of ``len(shards)`` with crossdistill.teacher.pseudo_label.
@@ -22,7 +23,8 @@ def pseudo_label(
     ``shards`` is the pipeline's list of shard indices (``[0, 1, ..., n-1]``, the same list the
     ParallelFor runs over), so every parallel task agrees on the shard count. ``top_k`` 0 keeps
     dense logits. ``teacher_name`` is recorded in the artifact's metadata (multi-teacher
-    steps name their tables by it). ``config_json`` holds any other PseudoLabelConfig key; the explicit ones win.
+    steps name their tables by it). ``label_map`` (train-teacher's output; empty = none) is written
+    into the table's meta, so a specialist's narrower outputs map to global classes. ``config_json`` holds any other PseudoLabelConfig key; the explicit ones win.
     """
     import json
 
@@ -39,8 +41,9 @@ def pseudo_label(
         raise ConfigError(f"pseudo-label: shards must be [0..n-1] and contain shard_index={shard_index}, got {shards}")
     cfg = PseudoLabelConfig.parse(deep_merge(base, {
         "data": data.path, "out": soft_labels.path, "shard_index": shard_index, "num_shards": len(indices),
-        "top_k": top_k, "temperature": temperature, "teacher_url": teacher_endpoint, "progress": False}),
+        "top_k": top_k, "temperature": temperature, "teacher_url": teacher_endpoint, "progress": False,
+        **({"label_map": [int(c) for c in label_map]} if label_map else {})}),
         source="pseudo-label config_json")
     run_pseudo_label(cfg)
     soft_labels.metadata.update({"shard_index": shard_index, "num_shards": len(indices), "top_k": top_k,
-                                 "teacher": teacher_name})
+                                 "teacher": teacher_name, **({"label_map": cfg.label_map} if cfg.label_map else {})})

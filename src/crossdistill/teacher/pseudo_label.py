@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from crossdistill.config import StrictConfig
 from crossdistill.data.shards import Dataset, read_dataset, write_dataset
-from crossdistill.errors import ConfigError, TeacherResponseError
+from crossdistill.errors import ConfigError, DataError, TeacherResponseError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
 
@@ -43,6 +43,9 @@ class PseudoLabelConfig(StrictConfig):
     num_shards: int = Field(1, ge=1)
     out_shards: int = Field(1, ge=1, description="Parquet files of the output dataset")
     progress: bool = True
+    label_map: list[int] | None = Field(
+        None, description="a specialist teacher: output index -> global class id (written to the table's meta; "
+                          "None = the teacher outputs every class in order)")
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> PseudoLabelConfig:
@@ -64,19 +67,45 @@ def run_pseudo_label(cfg: PseudoLabelConfig) -> str:
     with TeacherClient(client_cfg) as client:
         client.wait_ready(cfg.ready_timeout_s)
         meta = client.metadata()
+        _label_map_meta(cfg, {}, meta, data.meta.get("num_classes"))  # a wrong map fails before any labelling
         columns = _collect(client, ids, x, cfg)
     num_classes = meta.get("num_classes") or data.meta.get("num_classes")
     if cfg.top_k == 0 and num_classes is None:
         num_classes = int(columns[P.LOGITS].shape[1])
+    specialist = _label_map_meta(cfg, columns, meta, data.meta.get("num_classes"))
+    if specialist:
+        num_classes = specialist["num_classes"]
     out_meta: dict[str, Any] = {
         "num_classes": num_classes, "temperature": float(cfg.temperature), "teacher": cfg.model_name,
         "teacher_url": cfg.teacher_url, "teacher_platform": meta.get("platform", ""),
         "mode": "dense" if cfg.top_k == 0 else "topk", "top_k": cfg.top_k, "source": cfg.data,
         "shard_index": cfg.shard_index, "num_shards": cfg.num_shards,
-        "class_names": data.meta.get("class_names"), "name": data.meta.get("name"),
+        "class_names": data.meta.get("class_names"), "name": data.meta.get("name"), **specialist,
     }
     write_dataset(cfg.out, Dataset({"id": ids, **columns}, out_meta), num_shards=min(cfg.out_shards, max(1, len(ids))))
     return cfg.out
+
+
+def _label_map_meta(cfg: PseudoLabelConfig, columns: dict[str, np.ndarray], server_meta: dict[str, Any],
+                    global_classes: Any) -> dict[str, Any]:
+    """The meta keys that make the table a specialist's (crossdistill.experts.tables reads them):
+    ``label_map``, ``num_classes`` = the teacher's output width, ``global_num_classes``."""
+    if cfg.label_map is None:
+        return {}
+    where = f"pseudo-label of teacher '{cfg.model_name}' at {cfg.teacher_url}"
+    width = int(columns[P.LOGITS].shape[1]) if P.LOGITS in columns and len(columns[P.LOGITS]) else \
+        server_meta.get("num_classes")
+    if width is not None and int(width) != len(cfg.label_map):
+        raise DataError(f"{where}: label_map has {len(cfg.label_map)} entries {cfg.label_map} but the teacher "
+                        f"outputs {int(width)} values (one global class id per output expected)")
+    if global_classes is None:
+        raise DataError(f"{where}: a label_map needs the global class count, but {cfg.data} has no "
+                        "'num_classes' in its meta")
+    from crossdistill.experts.tables import validate_label_map
+
+    validate_label_map(cfg.label_map, len(cfg.label_map), int(global_classes), where=where)
+    return {"label_map": list(cfg.label_map), "num_classes": len(cfg.label_map),
+            "global_num_classes": int(global_classes)}
 
 
 def _batches(ids: np.ndarray, x: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:

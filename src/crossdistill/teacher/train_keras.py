@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
@@ -36,6 +36,20 @@ class TeacherTrainConfig(StrictConfig):
     lr: float = Field(2e-3, gt=0)
     seed: int = 0
     threads: int = Field(1, ge=1, description="TensorFlow intra-/inter-op threads")
+    classes: list[int] | None = Field(
+        None, description="a specialist: train only on examples of these global classes; the model outputs "
+                          "len(classes) logits, output i meaning global class classes[i] (None = every class)")
+    max_examples: int | None = Field(
+        None, ge=1, description="a weak teacher: train on at most this many examples (seeded random, per-class "
+                                "stratified); None = all")
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if len(value) < 2 or len(set(value)) != len(value) or min(value) < 0:
+                raise ValueError(f"classes must be at least 2 distinct non-negative class ids, got {value}")
+        return value
 
 
 def build_teacher(arch: str, input_shape: tuple[int, ...], num_classes: int, hidden: list[int],
@@ -63,7 +77,12 @@ def build_teacher(arch: str, input_shape: tuple[int, ...], num_classes: int, hid
 
 
 def train_keras_teacher(cfg: TeacherTrainConfig) -> dict[str, Any]:
-    """Train, evaluate on the validation part, write the ``.keras`` file atomically; return metrics."""
+    """Train, evaluate on the validation part, write the ``.keras`` file atomically; return metrics.
+
+    The result's ``label_map`` (output index -> global class id; identity for a generalist) is what
+    downstream steps need to read a specialist's outputs; ``val_accuracy`` is measured on the
+    validation examples of the teacher's own classes.
+    """
     if not cfg.out.endswith(".keras"):
         raise ConfigError(f"out={cfg.out!r}: a Keras model file must end in .keras")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -76,8 +95,15 @@ def train_keras_teacher(cfg: TeacherTrainConfig) -> dict[str, Any]:
     data = read_dataset(cfg.train, columns=["x", "y"])
     train, val = _split(data, cfg)
     num_classes = int(data.meta.get("num_classes") or int(data["y"].max()) + 1)
+    label_map = list(cfg.classes) if cfg.classes is not None else list(range(num_classes))
+    if max(label_map) >= num_classes:
+        raise ConfigError(f"classes={cfg.classes}: class ids must be < {num_classes}, the class count of {cfg.train}")
+    train = _restrict(train, label_map, num_classes, f"{cfg.train} (training part)")
+    val = _restrict(val, label_map, num_classes, f"{cfg.val or cfg.train} (validation part)")
+    if cfg.max_examples is not None and len(train) > cfg.max_examples:
+        train = train.take(_stratified(train["y"], cfg.max_examples, cfg.seed))
     keras.utils.set_random_seed(cfg.seed)
-    model = build_teacher(cfg.arch, tuple(train["x"].shape[1:]), num_classes, cfg.hidden, cfg.dropout)
+    model = build_teacher(cfg.arch, tuple(train["x"].shape[1:]), len(label_map), cfg.hidden, cfg.dropout)
     model.compile(optimizer=keras.optimizers.Adam(cfg.lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     start = time.perf_counter()
@@ -92,7 +118,8 @@ def train_keras_teacher(cfg: TeacherTrainConfig) -> dict[str, Any]:
     return {"out": cfg.out, "val_accuracy": float(val_acc), "val_loss": float(val_loss),
             "train_accuracy": float(history.history["accuracy"][-1]), "train_examples": len(train),
             "val_examples": len(val), "num_parameters": int(model.count_params()), "train_seconds": seconds,
-            "num_classes": num_classes, "input_shape": list(train["x"].shape[1:])}
+            "num_classes": num_classes, "num_outputs": len(label_map), "label_map": label_map,
+            "input_shape": list(train["x"].shape[1:])}
 
 
 def _split(data: Dataset, cfg: TeacherTrainConfig) -> tuple[Dataset, Dataset]:
@@ -104,3 +131,31 @@ def _split(data: Dataset, cfg: TeacherTrainConfig) -> tuple[Dataset, Dataset]:
     perm = np.random.default_rng(cfg.seed).permutation(len(labeled))
     n_val = max(1, int(round(cfg.val_fraction * len(labeled))))
     return labeled.take(np.sort(perm[n_val:])), labeled.take(np.sort(perm[:n_val]))
+
+
+def _restrict(data: Dataset, label_map: list[int], num_classes: int, where: str) -> Dataset:
+    """The examples of ``label_map``'s classes, with ``y`` rewritten to the teacher's output index."""
+    index = np.full(num_classes, -1, dtype=np.int64)
+    index[label_map] = np.arange(len(label_map))
+    y = data["y"]
+    if y.max(initial=-1) >= num_classes:
+        raise DataError(f"{where}: label {int(y.max())} >= num_classes {num_classes}")
+    keep = np.flatnonzero((y >= 0) & (index[np.clip(y, 0, None)] >= 0))
+    if len(keep) == 0:
+        raise DataError(f"{where}: no labeled examples of classes {label_map}")
+    part = data.take(keep)
+    return Dataset({**part.columns, "y": index[part["y"]]}, dict(part.meta))
+
+
+def _stratified(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``n`` examples, about n / classes per class (seeded), every class once if n allows."""
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n:
+        for members in by_class:
+            if depth < len(members) and len(picked) < n:
+                picked.append(int(members[depth]))
+        depth += 1
+    return np.sort(np.asarray(picked, dtype=np.int64))
