@@ -44,6 +44,12 @@ images:  ## build the container images with docker or podman (says so when no en
 validate: venv  ## build every kustomize overlay, schema-check it, hadolint + checkov on manifests and Dockerfiles
 	$(PY) scripts/validate.py
 
+bench: venv  ## throughput: co-located vs remote vs offline teacher, bytes on the wire (prints a table)
+	$(PY) benchmarks/throughput.py
+
+bench-quality: venv  ## distillation quality suite (Fashion-MNIST; ~45 min cold on 2 cores, teachers cached)
+	$(PY) -m benchmarks.quality $(QUALITY_ARGS)
+
 lint: venv  ## ruff
 	$(VENV)/bin/ruff check src tests components pipelines benchmarks
 
