@@ -66,6 +66,8 @@ class QualityConfig(StrictConfig):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0, description="Adam L2 weight decay of every student")
     temperature: float = Field(4.0, gt=0)
     hard_weight: float = Field(0.2, ge=0, description="hard-label term; the soft term has weight 1")
     temperatures: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 20.0])
@@ -258,8 +260,13 @@ class Suite:
 
     def student(self, tag: str, train_uri: str, mode: str, *, soft: str | None = None, hidden: list[int] | None = None,
                 temperature: float | None = None, hard_weight: float | None = None, soft_weight: float = 1.0,
-                epochs: int | None = None, seed: int = 0, teacher_url: str | None = None) -> dict[str, Any]:
-        """Train one MLP student with ``train_student`` and evaluate it on the test split."""
+                epochs: int | None = None, seed: int = 0, teacher_url: str | None = None,
+                recipe: dict[str, Any] | None = None, eval_on: Dataset | None = None) -> dict[str, Any]:
+        """Train one MLP student with ``train_student`` and evaluate it on the test split (or ``eval_on``).
+
+        ``recipe`` overrides the config's ``lr``, ``schedule``, ``weight_decay`` and ``epochs`` (the tuning
+        script, ``benchmarks.quality_tune``, uses it to try recipes on a validation split).
+        """
         from benchmarks.quality_models import predict_logits
 
         from crossdistill.teacher.client import TeacherClientConfig
@@ -267,6 +274,9 @@ class Suite:
         from crossdistill.train.trainer import StudentTrainConfig, train_student
 
         c = self.cfg
+        r = {"lr": c.lr, "schedule": c.schedule, "weight_decay": c.weight_decay, "epochs": epochs or c.epochs,
+             **(recipe or {})}
+        evaluate = self.test if eval_on is None else eval_on
         out = self.work / "students" / tag
         shutil.rmtree(out, ignore_errors=True)
         tcfg = StudentTrainConfig(
@@ -274,17 +284,18 @@ class Suite:
             teacher=TeacherClientConfig(url=teacher_url, max_in_flight=2) if teacher_url else None,
             model=ModelSpec(name="mlp", kwargs={"hidden": list(hidden or c.student_hidden)}),
             temperature=temperature or c.temperature, soft_weight=soft_weight,
-            hard_weight=c.hard_weight if hard_weight is None else hard_weight, optimizer="adam", lr=c.lr,
-            schedule="cosine", epochs=epochs or c.epochs, batch_size=c.batch_size, seed=seed, resume=False,
+            hard_weight=c.hard_weight if hard_weight is None else hard_weight, optimizer="adam", lr=r["lr"],
+            weight_decay=r["weight_decay"], schedule=r["schedule"], epochs=r["epochs"], batch_size=c.batch_size,
+            seed=seed, resume=False,
             keep_checkpoints=1, threads=c.threads, progress=False, device="cpu")
         start = time.perf_counter()
         res = train_student(tcfg)
         seconds = time.perf_counter() - start
         model, _ = load_student(res.model_uri)
-        logits = predict_logits(model, self.test["x"])
-        errors = int((logits.argmax(1) != self.test["y"]).sum())
-        self.log(f"  {tag}: {len(self.test) - errors}/{len(self.test)} correct ({seconds:.1f} s, {res.steps} steps)")
-        return {"errors": errors, "accuracy": 1 - errors / len(self.test), "seconds": round(seconds, 1),
+        logits = predict_logits(model, evaluate["x"])
+        errors = int((logits.argmax(1) != evaluate["y"]).sum())
+        self.log(f"  {tag}: {len(evaluate) - errors}/{len(evaluate)} correct ({seconds:.1f} s, {res.steps} steps)")
+        return {"errors": errors, "accuracy": 1 - errors / len(evaluate), "seconds": round(seconds, 1),
                 "steps": res.steps, "logits": logits}
 
     # ---- bookkeeping

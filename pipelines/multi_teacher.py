@@ -9,18 +9,14 @@ exit handler tears every teacher down.
 from components.assemble.component import assemble
 from components.evaluate.component import evaluate
 from components.expert_evaluate.component import expert_evaluate
-from components.prepare_data.component import prepare_data
 from components.pseudo_label.component import pseudo_label
 from components.student_train.component import student_train
-from components.teacher_serve.component import teacher_serve
-from components.teacher_teardown.component import teacher_teardown
-from components.train_teacher.component import train_teacher
 from components.trust_model_train.component import trust_model_train
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from pipelines import placement as pl
-from pipelines.common import deterministic, ephemeral
+from pipelines.common import data_task, deterministic, serve_task, teacher_task, teardown_task
 
 NAME = "multi-teacher-distillation"
 
@@ -74,25 +70,18 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
         eval_config_json: str = "{}",
         threads: int = 1,
     ):
-        teardown = teacher_teardown(job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, backend=teacher_backend,
-                                    name_prefix=teacher_name_prefix, teacher_ids=teachers,
-                                    config_json=teacher_serve_config_json)
-        ephemeral(pl.on_cpu(teardown, placement, placement.teacher_serve_task))
+        teardown = teardown_task(placement, backend=teacher_backend, name_prefix=teacher_name_prefix,
+                                 teacher_ids=teachers, config_json=teacher_serve_config_json)
         with dsl.ExitHandler(teardown, name="teachers-lifetime"):
-            data = prepare_data(dataset=dataset, student_labels=student_labels, seed=data_seed,
-                                config_json=data_config_json)
-            deterministic(pl.on_cpu(data, placement))
+            data = data_task(placement, dataset=dataset, student_labels=student_labels, seed=data_seed,
+                             config_json=data_config_json)
             with dsl.ParallelFor(teachers, parallelism=teacher_parallelism, name="each-teacher") as t:
-                teacher = train_teacher(train=data.outputs["train"], val=data.outputs["val"],
-                                        epochs=teacher_epochs, arch=t.arch, seed=t.seed, threads=threads,
-                                        classes=t.classes, max_examples=t.max_examples,
-                                        config_json=teacher_config_json)
-                deterministic(pl.on_teacher_pool(teacher, placement), retries=2)
-                served = teacher_serve(model=teacher.outputs["model"], job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                       backend=teacher_backend, name_prefix=teacher_name_prefix, teacher_id=t.teacher,
-                                       placement_json=teacher_placement_json,
-                                       config_json=teacher_serve_config_json)
-                ephemeral(pl.on_cpu(served, placement, placement.teacher_serve_task))
+                teacher = teacher_task(placement, data, epochs=teacher_epochs, arch=t.arch, seed=t.seed,
+                                       threads=threads, classes=t.classes, max_examples=t.max_examples,
+                                       config_json=teacher_config_json)
+                served = serve_task(placement, teacher, backend=teacher_backend, name_prefix=teacher_name_prefix,
+                                    teacher_id=t.teacher, placement_json=teacher_placement_json,
+                                    config_json=teacher_serve_config_json)
                 val_labels = pseudo_label(data=data.outputs["val"], teacher_endpoint=served.outputs["endpoint"],
                                           teacher_name=t.teacher, label_map=teacher.outputs["label_map"],
                                           config_json=label_config_json)

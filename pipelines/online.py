@@ -6,16 +6,12 @@ exit handler whose teacher-teardown removes the served teacher however the run e
 
 
 from components.evaluate.component import evaluate
-from components.prepare_data.component import prepare_data
 from components.student_train.component import student_train
-from components.teacher_serve.component import teacher_serve
-from components.teacher_teardown.component import teacher_teardown
-from components.train_teacher.component import train_teacher
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from pipelines import placement as pl
-from pipelines.common import deterministic, ephemeral
+from pipelines.common import deterministic, prepare_train_serve, teardown_task
 
 NAME = "online-distillation"
 
@@ -47,21 +43,10 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
         compare_baselines: bool = False,
         threads: int = 1,
     ):
-        teardown = teacher_teardown(job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, backend=teacher_backend,
-                                    name_prefix=teacher_name_prefix, config_json=teacher_serve_config_json)
-        ephemeral(pl.on_cpu(teardown, placement, placement.teacher_serve_task))
+        teardown = teardown_task(placement, backend=teacher_backend, name_prefix=teacher_name_prefix,
+                                 config_json=teacher_serve_config_json)
         with dsl.ExitHandler(teardown, name="teacher-lifetime"):
-            data = prepare_data(dataset=dataset, student_labels=student_labels, seed=data_seed,
-                                config_json=data_config_json)
-            deterministic(pl.on_cpu(data, placement))
-            teacher = train_teacher(train=data.outputs["train"], val=data.outputs["val"], epochs=teacher_epochs,
-                                    arch=teacher_arch, seed=data_seed, threads=threads,
-                                    config_json=teacher_config_json)
-            deterministic(pl.on_teacher_pool(teacher, placement), retries=2)
-            served = teacher_serve(model=teacher.outputs["model"], job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                   backend=teacher_backend, name_prefix=teacher_name_prefix,
-                                   placement_json=teacher_placement_json, config_json=teacher_serve_config_json)
-            ephemeral(pl.on_cpu(served, placement, placement.teacher_serve_task))
+            data, _, served = prepare_train_serve(placement, locals())  # this pipeline's parameters
             student = student_train(train_data=data.outputs["student"], mode="online",
                                     teacher_endpoint=served.outputs["endpoint"], student_model=student_model,
                                     epochs=student_epochs, temperature=temperature, seed=student_seed,

@@ -59,3 +59,27 @@ def test_console_script_help_lists_every_step():
     for step in ("teacher-serve", "pseudo-label", "student-train", "evaluate", "expert-evaluate",
                  "trust-model-train", "demo"):
         assert step in out
+
+
+def test_step_config_layers_defaults_config_json_and_explicit():
+    from crossdistill.config import step_config
+
+    cfg = step_config(TeacherServeConfig, '{"name": "from-json", "resources": {"cpu": "2"}, "workers_threads": 3}',
+                      {"model_uri": "m.keras", "resources": {"memory": "1Gi"}, "name": "explicit"}, "teacher-serve",
+                      defaults={"workers_threads": 1, "workdir": "/tmp/w", "resources": {"cpu": "1"}})
+    assert cfg.name == "explicit"  # explicit wins over config_json
+    assert cfg.workers_threads == 3  # config_json wins over defaults
+    assert cfg.workdir == "/tmp/w"  # a default no one overrides
+    assert (cfg.resources.cpu, cfg.resources.memory) == ("2", "1Gi")  # nested dicts merge key by key
+    assert step_config(PrepareDataConfig, "", {"seed": 5}, "prepare-data").seed == 5  # empty = {}
+
+
+def test_step_config_errors_name_the_step():
+    from crossdistill.config import step_config
+
+    with pytest.raises(ConfigError, match=r"^prepare-data: config_json is not valid JSON"):
+        step_config(PrepareDataConfig, "{seed: 1}", {}, "prepare-data")
+    with pytest.raises(ConfigError, match=r"prepare-data: config_json must be a JSON object.*list"):
+        step_config(PrepareDataConfig, "[1]", {}, "prepare-data")
+    with pytest.raises(ConfigError, match=r"PrepareDataConfig in prepare-data config_json:\n.*unknown key 'sed'"):
+        step_config(PrepareDataConfig, '{"sed": 1}', {}, "prepare-data")

@@ -365,3 +365,145 @@ def test_config_is_strict_and_takes_a_teacher_url(digits_run, tmp_path):
         _cfg(digits_run, tmp_path, ece_bin=3)
     with pytest.raises(ConfigError, match="export"):
         _cfg(digits_run, tmp_path, export=["tflite"])
+
+
+# ---------------------------------------------------------------- several teachers, specialists, ensembles
+
+SPECIALIST = [6, 7, 8, 9, 0]
+
+
+@pytest.fixture(scope="module")
+def served_specialist(digits_uri, serve_teacher, tmp_path_factory):
+    """A Keras specialist that outputs only SPECIALIST's classes (label map), behind a real OIP server."""
+    from crossdistill.teacher.train_keras import TeacherTrainConfig, train_keras_teacher
+
+    out = str(tmp_path_factory.mktemp("eval-specialist") / "teacher.keras")
+    train_keras_teacher(TeacherTrainConfig(train=digits_uri, out=out, classes=SPECIALIST, hidden=[32],
+                                           epochs=15, threads=1))
+    return {"path": out, "url": serve_teacher(out, name="eval-specialist").grpc}
+
+
+def _global_probs(adapter, x, label_map=None):
+    """A teacher's softmax lifted onto the 10 global classes (0 where it has no output), computed here."""
+    logits = adapter.predict(x)["logits"].astype(np.float64)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    out = np.zeros((len(x), 10))
+    out[:, label_map if label_map is not None else np.arange(10)] = p
+    return out
+
+
+def test_run_evaluate_with_several_teachers_a_specialist_and_ensembles(
+        digits_run, served_teacher, served_keras_teacher, keras_adapter, served_specialist, tmp_path):
+    from crossdistill.evaluate.run import run_evaluate
+    from crossdistill.teacher.adapters import load_teacher
+    from crossdistill.train.models import load_student
+
+    out = tmp_path / "eval"
+    res = run_evaluate(_cfg(digits_run, out, export=[], latency_repeats=2, latency_batch=1,
+                            teacher=served_teacher["url"], baselines={"few-label": digits_run["few"]},
+                            teachers=[served_keras_teacher.grpc,  # just a URL: named teacher0, every class
+                                      {"client": served_specialist["url"], "label_map": SPECIALIST,
+                                       "name": "specialist"}]))
+    x, y = digits_run["test_ds"]["x"], digits_run["test_ds"]["y"]
+    with torch.no_grad():
+        s_pred = digits_run["model"](torch.from_numpy(x)).argmax(1).numpy()
+    general = _global_probs(keras_adapter, x)
+    special = _global_probs(load_teacher(served_specialist["path"], threads=1), x, SPECIALIST)
+
+    t0, spec = res["teachers"]
+    assert [t0["name"], spec["name"]] == ["teacher0", "specialist"]
+    assert t0["accuracy"] == pytest.approx(float(np.mean(general.argmax(1) == y))) and t0["accuracy"] > 0.85
+    assert t0["student_agreement"] == pytest.approx(float(np.mean(general.argmax(1) == s_pred)))
+    assert t0["num_outputs"] == 10 and t0["covered_accuracy"] == t0["accuracy"] and t0["nll"] > 0
+    # the specialist: judged on every example, so it cannot beat its share of the classes...
+    spec_pred = special.argmax(1)
+    own = np.isin(y, SPECIALIST)
+    assert spec["accuracy"] == pytest.approx(float(np.mean(spec_pred == y)))
+    assert spec["accuracy"] <= own.mean() + 1e-9
+    # ...and on its own classes it is good
+    assert spec["covered_accuracy"] == pytest.approx(float(np.mean(spec_pred[own] == y[own])))
+    assert spec["covered_accuracy"] > 0.85
+    assert spec["num_outputs"] == 5 and spec["label_map"] == SPECIALIST and spec["nll"] is None
+    few_net, _ = load_student(digits_run["few"])
+    with torch.no_grad():
+        few_pred = few_net(torch.from_numpy(x)).argmax(1).numpy()
+    assert spec["agreement"]["few-label"] == pytest.approx(float(np.mean(spec_pred == few_pred)))
+    assert t0["num_parameters"] == keras_adapter.num_parameters and spec["latency"]["batches"][0]["median_ms"] > 0
+
+    # ensembles of the two `teachers` (the single `teacher` stays apart, as before)
+    avg, vote = res["ensembles"]
+    assert (avg["method"], vote["method"]) == ("average", "majority_vote")
+    assert avg["teachers"] == ["teacher0", "specialist"]
+    assert avg["accuracy"] == pytest.approx(float(np.mean(((general + special) / 2).argmax(1) == y)))
+    # two voters: agreement wins outright, a split goes to the larger summed probability
+    votes = np.zeros((len(y), 10))
+    votes[np.arange(len(y)), general.argmax(1)] += 1
+    votes[np.arange(len(y)), spec_pred] += 1
+    vote_pred = (votes + 1e-3 * (general + special) / 2).argmax(1)
+    assert vote["accuracy"] == pytest.approx(float(np.mean(vote_pred == y)))
+    assert "ece" not in vote and avg["ece"] is not None
+
+    # the single teacher keeps its place and the student's agreement with it
+    assert res["teacher"]["name"] == "teacher" and res["student"]["teacher_agreement"] > 0.5
+    rows = {r["name"]: r for r in res["comparison"]}
+    assert [r["role"] for r in res["comparison"]] == ["student", "baseline", "teacher", "teacher", "teacher",
+                                                      "ensemble", "ensemble"]
+    assert rows["specialist"]["covered_accuracy"] == spec["covered_accuracy"]
+    assert rows["majority vote of teachers"]["student_agreement"] == vote["student_agreement"]
+    assert "covered_accuracy" not in rows["student"]
+
+    sc = res["scalars"]
+    assert sc["accuracy"] == res["student"]["accuracy"] and sc["teacher_accuracy"] == res["teacher"]["accuracy"]
+    assert sc["teacher0_student_agreement"] == t0["student_agreement"]
+    assert sc["specialist_covered_accuracy"] == spec["covered_accuracy"] and "specialist_nll" not in sc
+    assert sc["ensemble_average_accuracy"] == avg["accuracy"]
+    assert sc["baseline_few_label_accuracy"] == res["baselines"]["few-label"]["accuracy"]
+    md = res["summary_markdown"]
+    assert "accuracy on own classes" in md and f"| specialist | teacher | {spec['accuracy']:.4f} |" in md
+    assert f"| ensemble_majority_vote_accuracy | {vote['accuracy']:.4g} |" in md
+    saved = json.loads((out / "metrics.json").read_text())
+    assert [t["name"] for t in saved["teachers"]] == ["teacher0", "specialist"]
+    assert saved["scalars"] == sc
+    page = (out / "report.html").read_text()
+    assert "majority vote of teachers" in page and "specialist accuracy" in page  # per-class table column
+
+
+def test_teachers_config_names_and_endpoint_lists(digits_run, tmp_path):
+    from crossdistill.errors import ConfigError
+    from crossdistill.evaluate.teachers import endpoint_teachers
+
+    cfg = _cfg(digits_run, tmp_path, teachers=["h:1", {"client": {"url": "h:2", "timeout_s": 5}, "label_map": [3, 4]},
+                                               {"client": "h:3", "name": "weak"}])
+    assert [t.name for t in cfg.teachers] == ["teacher0", "teacher1", "weak"]
+    assert cfg.teachers[1].client.timeout_s == 5 and cfg.teachers[1].label_map == [3, 4]
+    assert cfg.teachers[0].label_map is None and cfg.teachers[2].client.url == "h:3"
+    with pytest.raises(ConfigError, match=r"duplicates \['a'\]"):
+        _cfg(digits_run, tmp_path, teachers=[{"client": "h:1", "name": "a"}, {"client": "h:2", "name": "a"}])
+    with pytest.raises(ConfigError, match="unknown key 'teachers.0.url'"):
+        _cfg(digits_run, tmp_path, teachers=[{"url": "h:1"}])
+    # the evaluate component's teacher_endpoints + teacher_label_maps (train-teacher outputs)
+    assert endpoint_teachers(["h:1", "h:2"], [[0, 1], ["2", 3]]) == [
+        {"client": {"url": "h:1"}, "label_map": [0, 1]}, {"client": {"url": "h:2"}, "label_map": [2, 3]}]
+    assert endpoint_teachers(["h:1"]) == [{"client": {"url": "h:1"}}]
+    with pytest.raises(ConfigError, match="1 teacher_label_maps for 2 teacher endpoints"):
+        endpoint_teachers(["h:1", "h:2"], [[0, 1]])
+
+
+def test_scalars_and_markdown_from_a_result():
+    from crossdistill.evaluate.summary import scalar_metrics, summary_markdown
+
+    result = {"title": "t", "student": {"name": "student", "accuracy": 0.9, "resumed": True, "spec": {"a": 1},
+                                        "ece": None},
+              "teacher": None, "baselines": {"few labels only": {"accuracy": 0.5}},
+              "teachers": [{"name": "Spec-1", "accuracy": 0.4, "covered_accuracy": 0.95}],
+              "ensembles": [{"name": "average of teachers", "method": "average", "accuracy": 0.7}],
+              "comparison": [{"name": "student", "role": "student", "accuracy": 0.9, "num_parameters": 10},
+                             {"name": "Spec-1", "role": "teacher", "accuracy": 0.4, "covered_accuracy": 0.95}]}
+    assert scalar_metrics(result) == {"accuracy": 0.9, "baseline_few_labels_only_accuracy": 0.5,
+                                      "ensemble_average_accuracy": 0.7, "spec_1_accuracy": 0.4,
+                                      "spec_1_covered_accuracy": 0.95}
+    md = summary_markdown(result).splitlines()
+    assert md[0] == "# t" and md[2].startswith("| model | role | accuracy | accuracy on own classes |")
+    assert "| Spec-1 | teacher | 0.4000 | 0.9500 |" in md[5] and "agreement with student" not in md[2]
+    assert "| spec_1_covered_accuracy | 0.95 |" in md

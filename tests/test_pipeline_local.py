@@ -90,14 +90,18 @@ def test_multi_teacher_pipeline_end_to_end(tmp_path):
         else:
             assert teacher_metrics["train_examples"] == 30
     assert sorted(seen) == sorted(configured)
-    # The student is scored against every teacher; specialists through their label maps.
+    # The student is scored against every teacher (teacher<i>, in the loop's order); specialists through
+    # their label maps; and against the teachers' plain average and majority vote.
     for i, t in enumerate(DEFAULT_TEACHERS):
-        prefix = "teacher_" if i == 0 else f"teacher{i}_"
-        assert 0.0 <= metrics[f"{prefix}accuracy"] <= 1.0
+        prefix = f"teacher{i}_"
+        assert 0.0 <= metrics[f"{prefix}accuracy"] <= 1.0 and 0.0 <= metrics[f"{prefix}student_agreement"] <= 1.0
         if t["classes"]:
             assert metrics[f"{prefix}num_outputs"] == len(t["classes"])
             assert metrics[f"{prefix}accuracy"] <= len(t["classes"]) / 10 + 0.05  # it never names other classes
             assert metrics[f"{prefix}covered_accuracy"] > 0.5
+    assert 0.0 <= metrics["ensemble_average_accuracy"] <= 1.0 and "ensemble_majority_vote_accuracy" in metrics
+    summary = Path(_outputs(tmp_path, "evaluate")["summary"]["uri"]).read_text()
+    assert "| majority vote of teachers | ensemble |" in summary
     assemble = _outputs(tmp_path, "assemble")
     assert sorted(assemble["distill_set"]["metadata"]["teachers"]) == sorted(configured)
     _no_teacher_left(tmp_path, "cd-test-multi")

@@ -24,24 +24,15 @@ def assemble(
     ``keep_uncovered`` keeps examples no teacher is trusted on (with weight 0), so every unlabeled
     id has a row and the student can train on the whole unlabeled part. ``config_json`` holds any other AssembleConfig key; the explicit parameters win over it.
     """
-    import json
-
-    from crossdistill.config import deep_merge
-    from crossdistill.errors import ConfigError
+    from crossdistill.config import step_config
     from crossdistill.experts.assembly import AssembleConfig, run_assemble
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"assemble: config_json is not valid JSON: {exc}") from None
     teachers = [{"name": t.metadata.get("teacher") or f"teacher{i}", "table": t.path}
                 for i, t in enumerate(unlabeled_tables)]
-    cfg = AssembleConfig.parse(deep_merge(base, {
+    result = run_assemble(step_config(AssembleConfig, config_json, {
         "teachers": teachers, "unlabeled": unlabeled.path, "experts": experts.path,
-        "trust_models": trust_models.path, "method": method, "min_trust": min_trust, "keep_uncovered": keep_uncovered,
-        "out": distill_set.path}),
-        source="assemble config_json")
-    result = run_assemble(cfg)
+        "trust_models": trust_models.path, "method": method, "min_trust": min_trust,
+        "keep_uncovered": keep_uncovered, "out": distill_set.path}, "assemble"))
     for key in ("coverage", "examples"):
         if isinstance(result.get(key), (int, float)):
             metrics.log_metric(key, float(result[key]))

@@ -23,24 +23,17 @@ def expert_evaluate(
     Each table is a pseudo-label output whose metadata names its ``teacher``. ``config_json``
     holds any other ExpertEvaluateConfig key; the explicit parameters win over it.
     """
-    import json
     import os
     import shutil
 
-    from crossdistill.config import deep_merge
-    from crossdistill.errors import ConfigError
+    from crossdistill.config import step_config
     from crossdistill.experts.selection import ExpertEvaluateConfig, run_expert_evaluate
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"expert-evaluate: config_json is not valid JSON: {exc}") from None
     teachers = [{"name": t.metadata.get("teacher") or f"teacher{i}", "table": t.path} for i, t in enumerate(val_tables)]
     os.makedirs(experts.path, exist_ok=True)
-    cfg = ExpertEvaluateConfig.parse(deep_merge(base, {
+    result = run_expert_evaluate(step_config(ExpertEvaluateConfig, config_json, {
         "teachers": teachers, "val": val.path, "metric": metric, "margin": margin, "min_score": min_score,
-        "out": experts.path}), source="expert-evaluate config_json")
-    result = run_expert_evaluate(cfg)
+        "out": experts.path}, "expert-evaluate"))
     shutil.copyfile(result["paths"]["html"], report.path)
     shutil.copyfile(result["paths"]["markdown"], summary.path)
     experts.metadata.update({"teachers": [t["name"] for t in teachers]})

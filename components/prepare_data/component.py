@@ -21,24 +21,16 @@ def prepare_data(
 
     ``config_json`` holds any other PrepareDataConfig key; the explicit parameters win over it.
     """
-    import json
     import shutil
     import tempfile
 
-    from crossdistill.config import deep_merge
+    from crossdistill.config import step_config
     from crossdistill.data.splits import PrepareDataConfig
     from crossdistill.data.splits import prepare_data as run
-    from crossdistill.errors import ConfigError
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"prepare-data: config_json is not valid JSON: {exc}") from None
     staging = tempfile.mkdtemp(prefix="prepare-data-")
-    cfg = PrepareDataConfig.parse(
-        deep_merge(base, {"dataset": dataset, "student_labels": student_labels, "seed": seed, "out": staging}),
-        source="prepare-data config_json")
-    uris = run(cfg)
+    uris = run(step_config(PrepareDataConfig, config_json, {
+        "dataset": dataset, "student_labels": student_labels, "seed": seed, "out": staging}, "prepare-data"))
     for name, artifact in (("train", train), ("val", val), ("test", test), ("student", student),
                            ("unlabeled", unlabeled)):
         shutil.copytree(uris[name], artifact.path, dirs_exist_ok=True)

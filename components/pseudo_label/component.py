@@ -26,24 +26,17 @@ def pseudo_label(
     steps name their tables by it). ``label_map`` (train-teacher's output; empty = none) is written
     into the table's meta, so a specialist's narrower outputs map to global classes. ``config_json`` holds any other PseudoLabelConfig key; the explicit ones win.
     """
-    import json
-
-    from crossdistill.config import deep_merge
+    from crossdistill.config import step_config
     from crossdistill.errors import ConfigError
     from crossdistill.teacher.pseudo_label import PseudoLabelConfig, run_pseudo_label
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"pseudo-label: config_json is not valid JSON: {exc}") from None
     indices = sorted(int(s) for s in shards)
     if indices != list(range(len(indices))) or shard_index not in indices:
         raise ConfigError(f"pseudo-label: shards must be [0..n-1] and contain shard_index={shard_index}, got {shards}")
-    cfg = PseudoLabelConfig.parse(deep_merge(base, {
+    cfg = step_config(PseudoLabelConfig, config_json, {
         "data": data.path, "out": soft_labels.path, "shard_index": shard_index, "num_shards": len(indices),
         "top_k": top_k, "temperature": temperature, "teacher_url": teacher_endpoint, "progress": False,
-        **({"label_map": [int(c) for c in label_map]} if label_map else {})}),
-        source="pseudo-label config_json")
+        **({"label_map": [int(c) for c in label_map]} if label_map else {})}, "pseudo-label")
     run_pseudo_label(cfg)
     soft_labels.metadata.update({"shard_index": shard_index, "num_shards": len(indices), "top_k": top_k,
                                  "teacher": teacher_name, **({"label_map": cfg.label_map} if cfg.label_map else {})})

@@ -31,20 +31,15 @@ def student_train(
     failed one stopped wherever the output path survives a retry (FUSE-mounted object storage).
     ``config_json`` holds any other StudentTrainConfig key; the explicit parameters win over it.
     """
-    import json
     import os
 
-    from crossdistill.config import deep_merge
+    from crossdistill.config import step_config
     from crossdistill.errors import ConfigError
     from crossdistill.train.trainer import StudentTrainConfig, train_student
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"student-train: config_json is not valid JSON: {exc}") from None
     data = {"train_data": train_data.path, "out": model.path, "mode": mode, "epochs": epochs,
-            "temperature": temperature, "seed": seed, "threads": threads, "resume": True, "progress": False}
-    data["model"] = deep_merge(base.get("model", {}), {"name": student_model})
+            "temperature": temperature, "seed": seed, "threads": threads, "resume": True, "progress": False,
+            "model": {"name": student_model}}
     if mode == "online":
         if not teacher_endpoint:
             raise ConfigError("student-train: mode=online needs teacher_endpoint (gRPC host:port of teacher-serve)")
@@ -55,8 +50,7 @@ def student_train(
             raise ConfigError("student-train: mode=offline needs soft_labels (pseudo-label shards) or soft_label_set")
         data["soft_labels"] = paths
     os.makedirs(model.path, exist_ok=True)
-    cfg = StudentTrainConfig.parse(deep_merge(base, data), source="student-train config_json")
-    result = train_student(cfg)
+    result = train_student(step_config(StudentTrainConfig, config_json, data, "student-train"))
     model_uri = str(result.model_uri)
     model.metadata.update({"file": os.path.relpath(model_uri, model.path), "framework": "pytorch",
                            "mode": mode, "model": student_model})

@@ -28,38 +28,27 @@ def teacher_serve(
     pipeline's placement; ``config_json`` holds any other TeacherServeConfig key and wins over it.
     """
     import hashlib
-    import json
     import os
     import re
     import tempfile
     from collections import namedtuple
 
-    from crossdistill.config import deep_merge
+    from crossdistill.config import json_object, step_config
     from crossdistill.deploy.config import TeacherServeConfig
     from crossdistill.deploy.serve import deploy_teacher
-    from crossdistill.errors import ConfigError
-
-    def load(text: str, field: str) -> dict:
-        try:
-            value = json.loads(text or "{}")
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"teacher-serve: {field} is not valid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise ConfigError(f"teacher-serve: {field} must be a JSON object, got {type(value).__name__}")
-        return value
 
     # Keep in step with teacher-teardown: both derive the same name from the job id.
     raw = "-".join(p for p in (name_prefix, teacher_id, job_id) if p)
     name = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
     if len(name) > 63:
         name = name[:54].rstrip("-") + "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
-    base = deep_merge(load(placement_json, "placement_json"), load(config_json, "config_json"))
-    base.setdefault("workdir", os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name))
     location = model.path if backend == "local" else model.uri
     model_file = model.metadata.get("file", "")
     model_uri = location.rstrip("/") + "/" + model_file if model_file else location
-    cfg = TeacherServeConfig.parse(deep_merge(base, {"model_uri": model_uri, "backend": backend, "name": name}),
-                                   source="teacher-serve config_json")
+    defaults = {**json_object(placement_json, "teacher-serve: placement_json"),
+                "workdir": os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name)}
+    cfg = step_config(TeacherServeConfig, config_json, {"model_uri": model_uri, "backend": backend, "name": name},
+                      "teacher-serve", defaults=defaults)
     endpoint = deploy_teacher(cfg)
     print(f"teacher-serve: {cfg.name} answers at grpc {endpoint.grpc} (REST {endpoint.http})")
     outputs = namedtuple("Outputs", ["endpoint", "http", "name"])

@@ -20,20 +20,15 @@ def teacher_teardown(
     every teacher and fails at the end if any could not be removed.
     """
     import hashlib
-    import json
     import os
     import re
     import tempfile
 
-    from crossdistill.config import deep_merge
+    from crossdistill.config import step_config
     from crossdistill.deploy.config import TeacherServeConfig
     from crossdistill.deploy.serve import teardown_teacher
-    from crossdistill.errors import ConfigError, CrossdistillError
+    from crossdistill.errors import CrossdistillError
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"teacher-teardown: config_json is not valid JSON: {exc}") from None
     ids = [t["teacher"] if isinstance(t, dict) else str(t) for t in teacher_ids] or [""]
     failures = []
     for teacher_id in ids:
@@ -41,11 +36,10 @@ def teacher_teardown(
         name = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
         if len(name) > 63:
             name = name[:54].rstrip("-") + "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
-        data = dict(base)
-        data.setdefault("workdir", os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name))
-        data.setdefault("model_uri", "unused-by-teardown")
-        cfg = TeacherServeConfig.parse(deep_merge(data, {"backend": backend, "name": name}),
-                                       source="teacher-teardown config_json")
+        defaults = {"workdir": os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name),
+                    "model_uri": "unused-by-teardown"}
+        cfg = step_config(TeacherServeConfig, config_json, {"backend": backend, "name": name},
+                          "teacher-teardown", defaults=defaults)
         try:
             teardown_teacher(cfg)
             print(f"teacher-teardown: removed {name} ({backend})")

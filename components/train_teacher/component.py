@@ -29,24 +29,18 @@ def train_teacher(
     metadata; pseudo-label writes it into the tables so the multi-teacher steps read the teacher right.
     ``config_json`` holds any other TeacherTrainConfig key; the explicit parameters win over it.
     """
-    import json
     import os
     from collections import namedtuple
 
-    from crossdistill.config import deep_merge
-    from crossdistill.errors import ConfigError
+    from crossdistill.config import step_config
     from crossdistill.teacher.train_keras import TeacherTrainConfig, train_keras_teacher
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"train-teacher: config_json is not valid JSON: {exc}") from None
     os.makedirs(model.path, exist_ok=True)
-    cfg = TeacherTrainConfig.parse(deep_merge(base, {
+    cfg = step_config(TeacherTrainConfig, config_json, {
         "train": train.path, "val": val.path, "out": os.path.join(model.path, "teacher.keras"),
         "epochs": epochs, "arch": arch, "seed": seed, "threads": threads,
         **({"classes": [int(c) for c in classes]} if classes else {}),
-        **({"max_examples": max_examples} if max_examples > 0 else {})}), source="train-teacher config_json")
+        **({"max_examples": max_examples} if max_examples > 0 else {})}, "train-teacher")
     result = train_keras_teacher(cfg)
     model.metadata.update({"file": "teacher.keras", "framework": "keras", "arch": cfg.arch,
                            "label_map": result["label_map"], "num_classes": result["num_classes"]})

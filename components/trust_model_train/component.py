@@ -21,23 +21,16 @@ def trust_model_train(
 
     ``config_json`` holds any other TrustModelTrainConfig key; the explicit parameters win over it.
     """
-    import json
     import os
 
-    from crossdistill.config import deep_merge
-    from crossdistill.errors import ConfigError
+    from crossdistill.config import step_config
     from crossdistill.experts.trust import TrustModelTrainConfig, run_trust_model_train
 
-    try:
-        base = json.loads(config_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"trust-model-train: config_json is not valid JSON: {exc}") from None
     teachers = [{"name": t.metadata.get("teacher") or f"teacher{i}", "table": t.path} for i, t in enumerate(val_tables)]
     os.makedirs(trust_models.path, exist_ok=True)
-    cfg = TrustModelTrainConfig.parse(deep_merge(base, {
+    result = run_trust_model_train(step_config(TrustModelTrainConfig, config_json, {
         "teachers": teachers, "val": val.path, "model": model, "joint_model": joint_model, "seed": seed,
-        "out": trust_models.path}), source="trust-model-train config_json")
-    result = run_trust_model_train(cfg)
+        "out": trust_models.path}, "trust-model-train"))
 
     def log_numbers(prefix: str, value) -> None:
         if isinstance(value, dict):

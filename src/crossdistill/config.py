@@ -58,6 +58,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``: nested dicts merge key by key, anything else in ``extra`` replaces."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -65,6 +66,29 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def json_object(text: str | None, where: str) -> dict[str, Any]:
+    """Parse ``text`` as a JSON object (empty = ``{}``); anything else is a ConfigError naming ``where``."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a JSON object of config keys, got {type(value).__name__}")
+    return value
+
+
+def step_config(schema: type[C], config_json: str | None, explicit: dict[str, Any], step: str, *,
+                defaults: dict[str, Any] | None = None) -> C:
+    """The validated config of a KFP component: ``defaults`` < ``config_json`` < ``explicit``.
+
+    ``config_json`` is the component's free-form JSON parameter (any key of ``schema``);
+    ``explicit`` holds what the component sets from its own typed parameters and artifact paths,
+    which win (dicts merge key by key). Errors name the component ``step``.
+    """
+    base = deep_merge(defaults or {}, json_object(config_json, f"{step}: config_json"))
+    return schema.parse(deep_merge(base, explicit), source=f"{step} config_json")
 
 
 def load_config(schema: type[C], path: str | None = None, overrides: list[str] | None = None,

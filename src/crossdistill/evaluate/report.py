@@ -266,14 +266,14 @@ def _img(b64: str, alt: str, caption: str) -> str:
 
 
 def _models_with(metrics: Mapping[str, Any], key: str) -> dict[str, Mapping[str, Any]]:
-    """Models (student first, then teacher, then baselines) whose metrics carry ``key``."""
+    """Models (student first, then the teacher(s), then baselines) whose metrics carry ``key``."""
     found: dict[str, Mapping[str, Any]] = {}
     student = metrics.get("student") or {}
     if student.get(key) is not None:
         found[student.get("name", "student")] = student
-    teacher = metrics.get("teacher") or {}
-    if teacher.get(key) is not None:
-        found[teacher.get("name", "teacher")] = teacher
+    for teacher in [metrics.get("teacher") or {}, *(metrics.get("teachers") or [])]:
+        if teacher.get(key) is not None:
+            found[teacher.get("name", "teacher")] = teacher
     for name, base in (metrics.get("baselines") or {}).items():
         if base.get(key) is not None:
             found[base.get("name", name)] = base

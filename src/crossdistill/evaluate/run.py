@@ -1,4 +1,8 @@
-"""The evaluate step: score a student (and baselines, and the teacher through its endpoint) on test data.
+"""The evaluate step: score a student (and baselines, and teachers through their endpoints) on test data.
+
+``teacher`` is the one teacher of online/offline distillation (accuracy, calibration, latency, the
+student's agreement with it); ``teachers`` are the several teachers of a multi-teacher run, specialists
+included (``crossdistill.evaluate.teachers``), with their average and majority vote.
 
 Writes to ``<out>``: the exported student (``student.torchscript.pt``, ``student.onnx``), then
 ``report.html``, then ``metrics.json`` last. ``metrics.json`` is the mark of a finished evaluation:
@@ -19,12 +23,14 @@ from pydantic import Field, field_validator
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import read_dataset
+from crossdistill.data.shards import Dataset, read_dataset
 from crossdistill.errors import DataError, ModelFormatError, TeacherResponseError
 from crossdistill.evaluate import latency as L
 from crossdistill.evaluate import metrics as M
 from crossdistill.evaluate.export import export_student
 from crossdistill.evaluate.report import read_train_log, write_report
+from crossdistill.evaluate.summary import scalar_metrics, summary_markdown
+from crossdistill.evaluate.teachers import EvaluateTeacher, name_teachers, score_ensembles, score_teacher
 from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
 from crossdistill.teacher.protocol import LOGITS
 
@@ -40,7 +46,10 @@ class EvaluateConfig(StrictConfig):
     student_name: str = Field("student", min_length=1, description="the student's name in tables")
     teacher: TeacherClientConfig | None = Field(
         None, description="teacher endpoint (client config, or just its URL) for agreement, accuracy, latency")
-    teacher_ready_timeout_s: float = Field(60.0, gt=0, description="wait this long for the teacher to be ready")
+    teachers: list[EvaluateTeacher] = Field(
+        default_factory=list, description="further teachers (multi-teacher): each a URL or {client, label_map, "
+                                          "name}; a specialist's outputs map to global classes by its label_map")
+    teacher_ready_timeout_s: float = Field(60.0, gt=0, description="wait this long for a teacher to be ready")
     baselines: dict[str, str] = Field(default_factory=dict,
                                       description="extra students to compare: name -> model.pt URI")
     train_log: str | None = Field(None, description="URI of the student's train_log.jsonl (loss curve)")
@@ -60,6 +69,11 @@ class EvaluateConfig(StrictConfig):
     @classmethod
     def _teacher_url(cls, value: Any) -> Any:
         return {"url": value} if isinstance(value, str) else value
+
+    @field_validator("teachers")
+    @classmethod
+    def _teacher_names(cls, value: list[EvaluateTeacher]) -> list[EvaluateTeacher]:
+        return name_teachers(value)
 
     @field_validator("baselines")
     @classmethod
@@ -168,14 +182,20 @@ def _median(result: Mapping[str, Any], batch: int) -> float | None:
 
 
 def comparison_rows(models: Sequence[tuple[str, Mapping[str, Any]]], latency_batch: int) -> list[dict[str, Any]]:
-    """One row per model (role, metrics result) for the comparison table and ``metrics.json``."""
+    """One row per model (role, metrics result) for the comparison table and ``metrics.json``.
+
+    Rows of the several ``teachers`` and their ensembles also carry ``covered_accuracy`` (a
+    specialist's accuracy on its own classes) and ``student_agreement``.
+    """
     rows = []
     for role, res in models:
-        rows.append({"name": res.get("name", role), "role": role, "accuracy": res.get("accuracy"),
-                     "teacher_agreement": res.get("teacher_agreement"), "ece": res.get("ece"),
-                     "nll": res.get("nll"), "num_parameters": res.get("num_parameters"),
-                     "size_bytes": res.get("size_bytes"), "latency_b1_ms": _median(res, 1),
-                     "latency_bN_ms": _median(res, latency_batch), "latency_batch": latency_batch})
+        row = {"name": res.get("name", role), "role": role, "accuracy": res.get("accuracy")}
+        row.update({key: res[key] for key in ("covered_accuracy", "student_agreement") if key in res})
+        row.update({"teacher_agreement": res.get("teacher_agreement"), "ece": res.get("ece"),
+                    "nll": res.get("nll"), "num_parameters": res.get("num_parameters"),
+                    "size_bytes": res.get("size_bytes"), "latency_b1_ms": _median(res, 1),
+                    "latency_bN_ms": _median(res, latency_batch), "latency_batch": latency_batch})
+        rows.append(row)
     return rows
 
 
@@ -228,10 +248,13 @@ def _run(cfg: EvaluateConfig) -> dict[str, Any]:
         for name, pred in baseline_preds.items():
             baselines[name]["teacher_agreement"] = M.agreement(teacher_pred, pred)
 
+    teachers, ensembles = _score_teachers(cfg, ids, x, y, num_classes, student_pred, baseline_preds)
+
     models: list[tuple[str, Mapping[str, Any]]] = [("student", student)]
     models += [("baseline", b) for b in baselines.values()]
     if teacher is not None:
         models.append(("teacher", teacher))
+    models += [("teacher", t) for t in teachers] + [("ensemble", e) for e in ensembles]
 
     exports = export_student(student_model, x.shape[1:], cfg.out, cfg.export,
                              torchscript_method=cfg.torchscript_method)
@@ -246,6 +269,8 @@ def _run(cfg: EvaluateConfig) -> dict[str, Any]:
         "student": student,
         "baselines": baselines,
         "teacher": teacher,
+        "teachers": teachers,
+        "ensembles": ensembles,
         "comparison": comparison_rows(models, cfg.latency_batch),
         "exports": exports,
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
@@ -258,5 +283,28 @@ def _run(cfg: EvaluateConfig) -> dict[str, Any]:
     write_report(report_uri, result, title=cfg.title, notes=cfg.notes, train_log=train_log)
     result["report"] = report_uri
     result["metrics"] = storage.join(cfg.out, METRICS_FILE)
+    result["scalars"] = scalar_metrics(result)
     storage.write_text(result["metrics"], json.dumps(result, indent=2, allow_nan=False) + "\n")
+    # for a Markdown artifact or a terminal; metrics.json holds the data it is made of
+    result["summary_markdown"] = summary_markdown(result, result["scalars"])
     return result
+
+
+def _score_teachers(cfg: EvaluateConfig, ids: np.ndarray, x: np.ndarray, y: np.ndarray, num_classes: int,
+                    student_pred: np.ndarray, baseline_preds: Mapping[str, np.ndarray],
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``cfg.teachers`` scored one by one, then (with two or more) their average and majority vote."""
+    if not cfg.teachers:
+        return [], []
+    test = Dataset({"id": ids, "x": x})
+    preds = {cfg.student_name: student_pred, **baseline_preds}
+    common = {"student_name": cfg.student_name, "ece_bins": cfg.ece_bins}
+    teachers, tables = [], []
+    for spec in cfg.teachers:
+        res, table = score_teacher(spec, test, y, num_classes, preds, batch_size=cfg.batch_size,
+                                   ready_timeout_s=cfg.teacher_ready_timeout_s, batch_sizes=_batch_sizes(cfg),
+                                   repeats=cfg.latency_repeats, warmup=cfg.latency_warmup, **common)
+        teachers.append(res)
+        tables.append(table)
+    ensembles = score_ensembles(tables, ids, y, num_classes, preds, **common) if len(tables) > 1 else []
+    return teachers, ensembles
