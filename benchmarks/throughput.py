@@ -7,9 +7,13 @@ Same teacher (the demo's Keras MLP), student (MLP 64-32) and data (digits, stude
 Each setup runs in a fresh process with every framework pinned to one thread (torch.set_num_threads,
 TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, OMP_NUM_THREADS); the teacher server gets one
 thread too. So (a) does teacher and student work on one core in turn, (b) can overlap them on two.
-Prints a table and writes benchmarks/results/throughput.json. Asserts nothing.
+The three setups run in turn ``--repeats`` times (a, b, c, a, b, c, ...) so drift in the machine's load
+touches them alike; the table gives the median and range of each setup's steady-state rate, and the
+ratios are medians of the per-repeat ratios. Prints a table and writes
+benchmarks/results/throughput.json. Asserts nothing.
 
-    .venv/bin/python benchmarks/throughput.py [--epochs 20] [--batch-size 64] [--in-flight 4] [--rpc-batches 4]
+    .venv/bin/python benchmarks/throughput.py [--epochs 40] [--batch-size 64] [--in-flight 4] [--rpc-batches 4]
+                                              [--repeats 5]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -88,10 +93,11 @@ def _wire_bytes(endpoint: str, data: str, batch: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--rpc-batches", type=int, default=4, help="student batches per teacher request in (b)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each setup (median reported)")
     parser.add_argument("--work", default="runs/bench-throughput")
     parser.add_argument("--results", default="benchmarks/results/throughput.json")
     parser.add_argument("--child", choices=["a", "b", "c"], help=argparse.SUPPRESS)
@@ -122,24 +128,31 @@ def main() -> None:
         args.endpoint = endpoint.grpc
         args.soft_labels = run_pseudo_label(PseudoLabelConfig(
             data=args.data, teacher_url=endpoint.grpc, out=str(work / "soft"), progress=False))
-        runs = {s: _child(s, args) for s in ("a", "b", "c")}
+        repeats = [{s: _child(s, args) for s in ("a", "b", "c")} for _ in range(args.repeats)]
         wire = _wire_bytes(endpoint.grpc, args.data, args.batch_size)
     finally:
         teardown_teacher(serve)
-    names = {"a": "(a) co-located teacher, sequential", "b": f"(b) remote over gRPC, {args.in_flight} in flight x {args.rpc_batches} batches",
+    names = {"a": "(a) co-located teacher, sequential",
+             "b": f"(b) remote over gRPC, {args.in_flight} in flight x {args.rpc_batches} batches",
              "c": "(c) offline, precomputed soft labels"}
+    rates = {s: [r[s]["samples_per_s"] for r in repeats] for s in names}
+    walls = {s: [r[s]["seconds"] for r in repeats] for s in names}
+    ratio = {pair: [r[pair[0]]["samples_per_s"] / r[pair[1]]["samples_per_s"] for r in repeats]
+             for pair in ("ba", "bc")}
     print(f"\nstudent-train throughput: digits student split, MLP 64-32 student, Keras MLP teacher, "
-          f"{args.epochs} epochs, batch {args.batch_size}")
+          f"{args.epochs} epochs, batch {args.batch_size}, {repeats[0]['a']['samples']} samples per run")
     print("threads: 1 per framework per process (torch, TF intra/inter-op, OMP); teacher server: 1 thread; "
           f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
-    print("samples/s: steady state (after the first logging window); wall: whole run incl. start-up")
-    print(f"{'setup':<50} {'samples':>8} {'wall s':>7} {'samples/s':>10} {'wall samples/s':>15}")
-    for s, r in runs.items():
-        print(f"{names[s]:<50} {r['samples']:>8} {r['seconds']:>7.2f} {r['samples_per_s']:>10.0f} "
-              f"{r['wall_samples_per_s']:>15.0f}")
-    b_a = runs["b"]["samples_per_s"] / runs["a"]["samples_per_s"]
-    b_c = runs["b"]["samples_per_s"] / runs["c"]["samples_per_s"]
-    print(f"b/a = {b_a:.2f} (target >= 1.0)   b/c = {b_c:.2f} (target >= 0.9)")
+    print(f"samples/s: steady state (after the first logging window), median [min-max] of {args.repeats} runs; "
+          "wall s: median whole run incl. start-up")
+    print(f"{'setup':<50} {'samples/s':>10} {'range':>15} {'wall s':>7}")
+    for s, name in names.items():
+        lo, hi = min(rates[s]), max(rates[s])
+        print(f"{name:<50} {statistics.median(rates[s]):>10.0f} {f'{lo:.0f}-{hi:.0f}':>15} "
+              f"{statistics.median(walls[s]):>7.2f}")
+    b_a, b_c = statistics.median(ratio["ba"]), statistics.median(ratio["bc"])
+    print(f"b/a = {b_a:.2f} [{min(ratio['ba']):.2f}-{max(ratio['ba']):.2f}] (target >= 1.0)   "
+          f"b/c = {b_c:.2f} [{min(ratio['bc']):.2f}-{max(ratio['bc']):.2f}] (target >= 0.9)")
     print(f"\nbytes per sample on the wire (batch {args.batch_size}, 8x8 inputs, 10 classes, protobuf sizes)")
     print(f"{'teacher signal':<14} {'request':>9} {'response':>9}")
     for w in wire:
@@ -148,9 +161,10 @@ def main() -> None:
     Path(args.results).write_text(json.dumps({
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
         "config": {"epochs": args.epochs, "batch_size": args.batch_size, "in_flight": args.in_flight,
-                   "rpc_batches": args.rpc_batches,
+                   "rpc_batches": args.rpc_batches, "repeats": args.repeats,
                    "threads": PINNED, "cpus": os.cpu_count()},
-        "runs": runs, "ratios": {"b_over_a": b_a, "b_over_c": b_c}, "wire": wire}, indent=2))
+        "repeats": repeats, "ratios": {"b_over_a": b_a, "b_over_c": b_c, "per_repeat": ratio}, "wire": wire},
+        indent=2))
     print(f"\nwritten: {args.results}")
 
 
