@@ -35,6 +35,36 @@ def digits_uri(digits, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def soft_label_splits(tmp_path_factory) -> dict[str, Any]:
+    """Digits splits plus dense and top-3 soft labels of the ``student`` split from a scikit-learn teacher.
+
+    The teacher is a logistic regression on the ``train`` split (about 95 % on digits): quick, and good
+    enough that a student distilled from it lands well above chance. Keys: the split URIs, ``dense``,
+    ``topk``, ``root`` (a session temp dir) and ``student_ds`` (the student split, loaded).
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from crossdistill.data.shards import Dataset, read_dataset, write_dataset
+    from crossdistill.data.splits import PrepareDataConfig, prepare_data
+    from crossdistill.losses import logits_to_topk
+
+    root = tmp_path_factory.mktemp("soft-labels")
+    uris = prepare_data(PrepareDataConfig(out=str(root / "data")))
+    train, student = read_dataset(uris["train"]), read_dataset(uris["student"])
+    teacher = LogisticRegression(max_iter=500).fit(train["x"].reshape(len(train), -1), train["y"])
+    logits = teacher.decision_function(student["x"].reshape(len(student), -1)).astype(np.float32)
+    meta = {"num_classes": 10, "mode": "dense", "teacher": "sklearn-logreg"}
+    dense = write_dataset(str(root / "soft_dense"), Dataset({"id": student.ids, "logits": logits}, meta),
+                          num_shards=2)
+    lp, idx = logits_to_topk(logits, 3, T=1.0)
+    topk = write_dataset(str(root / "soft_topk"),
+                         Dataset({"id": student.ids, "topk_logprobs": lp.numpy(), "topk_indices": idx.numpy()},
+                                 {**meta, "mode": "topk", "temperature": 1.0}))
+    return {**uris, "dense": dense, "topk": topk, "root": root, "student_ds": student}
+
+
+@pytest.fixture(scope="session")
 def keras_teacher(digits_uri, tmp_path_factory) -> dict[str, Any]:
     """A small Keras MLP teacher trained on digits: ``{"path": .keras file, "metrics": train result}``."""
     from crossdistill.teacher.train_keras import TeacherTrainConfig, train_keras_teacher

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossdistill.data.shards import Dataset, read_dataset, write_dataset
-from crossdistill.data.splits import PrepareDataConfig, prepare_data
+from crossdistill.data.shards import read_dataset, write_dataset
 from crossdistill.errors import ConfigError
 from crossdistill.train import StudentTrainConfig, load_student, train_student
 from crossdistill.train.checkpoint import list_checkpoints
@@ -23,18 +22,10 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    """Digits splits and dense soft labels from a quick scikit-learn teacher."""
-    from sklearn.linear_model import LogisticRegression
-
-    root = tmp_path_factory.mktemp("resume")
-    uris = prepare_data(PrepareDataConfig(out=str(root / "data")))
-    train, student = read_dataset(uris["train"]), read_dataset(uris["student"])
-    teacher = LogisticRegression(max_iter=500).fit(train["x"].reshape(len(train), -1), train["y"])
-    logits = teacher.decision_function(student["x"].reshape(len(student), -1)).astype(np.float32)
-    soft = write_dataset(str(root / "soft"), Dataset({"id": student.ids, "logits": logits},
-                                                     {"num_classes": 10, "mode": "dense"}))
-    return {"student": uris["student"], "soft": soft, "root": root}
+def splits(soft_label_splits, tmp_path_factory):
+    """Digits student split and its dense soft labels; ``root`` is this module's own output dir."""
+    return {"student": soft_label_splits["student"], "soft": soft_label_splits["dense"],
+            "root": tmp_path_factory.mktemp("resume")}
 
 
 def _cfg(splits, out, **kw) -> StudentTrainConfig:

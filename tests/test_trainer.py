@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from crossdistill.data.shards import Dataset, read_dataset, write_dataset
-from crossdistill.data.splits import PrepareDataConfig, prepare_data
 from crossdistill.errors import ConfigError, DataError, ModelFormatError, TeacherResponseError
-from crossdistill.losses import logits_to_topk
 from crossdistill.train import (
     ModelSpec,
     StudentTrainConfig,
@@ -28,23 +26,9 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    """Digits splits plus dense and top-k soft labels from a quick scikit-learn teacher (about 95 %)."""
-    from sklearn.linear_model import LogisticRegression
-
-    root = tmp_path_factory.mktemp("trainer")
-    uris = prepare_data(PrepareDataConfig(out=str(root / "data")))
-    train, student = read_dataset(uris["train"]), read_dataset(uris["student"])
-    teacher = LogisticRegression(max_iter=500).fit(train["x"].reshape(len(train), -1), train["y"])
-    logits = teacher.decision_function(student["x"].reshape(len(student), -1)).astype(np.float32)
-    meta = {"num_classes": 10, "mode": "dense", "teacher": "sklearn-logreg"}
-    dense = write_dataset(str(root / "soft_dense"), Dataset({"id": student.ids, "logits": logits}, meta),
-                          num_shards=2)
-    lp, idx = logits_to_topk(logits, 3, T=1.0)
-    topk = write_dataset(str(root / "soft_topk"),
-                         Dataset({"id": student.ids, "topk_logprobs": lp.numpy(), "topk_indices": idx.numpy()},
-                                 {**meta, "mode": "topk", "temperature": 1.0}))
-    return {**uris, "dense": dense, "topk": topk, "root": root, "student_ds": student}
+def splits(soft_label_splits):
+    """Digits splits plus dense and top-k soft labels (conftest's ``soft_label_splits``)."""
+    return soft_label_splits
 
 
 def accuracy(model_uri: str, test_uri: str) -> float:
