@@ -45,8 +45,8 @@ def teacher_serve(
     location = model.path if backend == "local" else model.uri
     model_file = model.metadata.get("file", "")
     model_uri = location.rstrip("/") + "/" + model_file if model_file else location
-    defaults = {**json_object(placement_json, "teacher-serve: placement_json"),
-                "workdir": os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name)}
+    defaults = {"workdir": os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name),
+                **json_object(placement_json, "teacher-serve: placement_json")}
     cfg = step_config(TeacherServeConfig, config_json, {"model_uri": model_uri, "backend": backend, "name": name},
                       "teacher-serve", defaults=defaults)
     endpoint = deploy_teacher(cfg)
