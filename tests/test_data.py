@@ -52,22 +52,22 @@ def test_missing_manifest_is_an_unfinished_dataset(tmp_path):
 
 def test_missing_shard_is_named(tmp_path):
     write_dataset(str(tmp_path / "ds"), _toy(), num_shards=2)
-    (tmp_path / "ds" / "shard-00001-of-00002.parquet").unlink()
-    with pytest.raises(DataError, match="shard-00001-of-00002.parquet is missing"):
+    (tmp_path / "ds" / "shard-00001.parquet").unlink()
+    with pytest.raises(DataError, match="shard-00001.parquet is missing"):
         read_dataset(str(tmp_path / "ds"))
 
 
 def test_corrupt_shard_is_named(tmp_path):
     write_dataset(str(tmp_path / "ds"), _toy(), num_shards=2)
-    shard = tmp_path / "ds" / "shard-00000-of-00002.parquet"
+    shard = tmp_path / "ds" / "shard-00000.parquet"
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="shard-00000-of-00002.parquet is corrupt"):
+    with pytest.raises(DataError, match="shard-00000.parquet is corrupt"):
         read_dataset(str(tmp_path / "ds"))
     # Even when the checksum is not checked, a damaged Parquet file is reported by name.
     shard.write_bytes(b"not parquet at all")
-    with pytest.raises(DataError, match="shard-00000-of-00002.parquet is corrupt"):
+    with pytest.raises(DataError, match="shard-00000.parquet is corrupt"):
         read_dataset(str(tmp_path / "ds"), verify=False)
 
 
