@@ -1,6 +1,10 @@
 # crossdistill — all set-up happens here; a fresh clone needs only python3 (3.10-3.12).
 PYTHON ?= python3
 VENV   ?= .venv
+# MLServer (the stock OIP server of tests/test_mlserver.py) lives in a venv of its own: it pins an older
+# fastapi than KServe serves with.
+MLSERVER_VENV ?= .venv-mlserver
+MLSERVER_SPEC ?= mlserver==1.7.1
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The CPU build of torch; on a GPU node install the CUDA build of the same version instead.
@@ -8,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-fast lint format compile upload images validate bench bench-quality clean
+.PHONY: help venv venv-mlserver run test test-fast lint format compile upload images validate bench bench-quality bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,7 +25,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	touch $@
 
-venv: $(VENV)/.installed  ## create .venv with everything installed
+venv: $(VENV)/.installed $(MLSERVER_VENV)/.installed  ## create .venv with everything installed (+ .venv-mlserver)
+
+$(MLSERVER_VENV)/.installed:
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet "$(MLSERVER_SPEC)"
+	touch $@
+
+venv-mlserver: $(MLSERVER_VENV)/.installed  ## MLServer in .venv-mlserver (tests/test_mlserver.py skips without it)
 
 run: venv  ## the main job: distil a Keras teacher into a PyTorch student over gRPC on digits
 	$(VENV)/bin/crossdistill demo --out $(RUN_DIR)
@@ -44,17 +55,20 @@ images:  ## build the container images with docker or podman (says so when no en
 validate: venv  ## build every kustomize overlay, schema-check it, hadolint + checkov on manifests and Dockerfiles
 	$(PY) scripts/validate.py
 
-bench: venv  ## throughput: co-located vs remote vs offline teacher, bytes on the wire (prints a table)
+bench: venv  ## throughput: co-located vs remote vs offline teacher, serving overhead, TLS + token cost (prints a table)
 	$(PY) benchmarks/throughput.py
 
 bench-quality: venv  ## distillation quality suite (Fashion-MNIST; ~45 min cold on 2 cores, teachers cached)
 	$(PY) -m benchmarks.quality $(QUALITY_ARGS)
 
+bench-scale: venv  ## peak RSS, samples/s, bytes read of import/pseudo-label/train at 100k-4M rows + Fashion-MNIST 1.4M (long)
+	$(PY) -m benchmarks.scale $(SCALE_ARGS)
+
 lint: venv  ## ruff
-	$(VENV)/bin/ruff check src tests components pipelines benchmarks
+	$(VENV)/bin/ruff check src tests components pipelines benchmarks examples
 
 format: venv
-	$(VENV)/bin/ruff format src tests components pipelines benchmarks
+	$(VENV)/bin/ruff format src tests components pipelines benchmarks examples
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) runs .pytest_cache .ruff_cache

@@ -256,6 +256,19 @@ class Suite:
                      f"{time.perf_counter() - start:.1f} s")
         return uri
 
+    def aligned_soft(self, soft_uri: str, train_uri: str) -> str:
+        """Soft labels in the row order of ``train_uri`` (the trainer reads them in step with its inputs):
+        the teacher labelled the whole training set once; a subset gets its rows, written once."""
+        ids = read_dataset(train_uri, ["id"]).ids
+        soft = read_dataset(soft_uri)
+        if np.array_equal(ids, soft.ids):
+            return soft_uri
+        uri = str(self.work / "subsets" / f"soft-{Path(soft_uri).name}-{_key(ids.tolist())}")
+        if not Path(uri, "manifest.json").exists():
+            row = {int(i): r for r, i in enumerate(soft.ids)}
+            write_dataset(uri, soft.take(np.array([row[int(i)] for i in ids], dtype=np.int64)))
+        return uri
+
     # ---- students
 
     def student(self, tag: str, train_uri: str, mode: str, *, soft: str | None = None, hidden: list[int] | None = None,
@@ -280,7 +293,8 @@ class Suite:
         out = self.work / "students" / tag
         shutil.rmtree(out, ignore_errors=True)
         tcfg = StudentTrainConfig(
-            train_data=train_uri, out=str(out), mode=mode, soft_labels=soft,
+            train_data=train_uri, out=str(out), mode=mode,
+            soft_labels=self.aligned_soft(soft, train_uri) if soft else None,
             teacher=TeacherClientConfig(url=teacher_url, max_in_flight=2) if teacher_url else None,
             model=ModelSpec(name="mlp", kwargs={"hidden": list(hidden or c.student_hidden)}),
             temperature=temperature or c.temperature, soft_weight=soft_weight,

@@ -1,39 +1,93 @@
-"""Remote vs co-located vs offline teacher: student-training throughput and bytes on the wire.
+"""Remote vs co-located vs offline teacher: student-training throughput, serving overhead, TLS + token cost.
 
-Same teacher (the demo's Keras MLP), student (MLP 64-32) and data (digits, student owner's split):
+Same teacher (the demo's Keras MLP), student (MLP 64-32) and data (digits, student owner's split).
+Student training, samples/s of the trainer:
   (a) the teacher inside the student's process, called sequentially before every step;
-  (b) the teacher in its own server process over gRPC, several batches in flight;
+  (b) the teacher in its own server process over gRPC, several requests in flight;
   (c) offline, from soft labels the teacher computed once beforehand (that labelling is not timed).
-Each setup runs in a fresh process with every framework pinned to one thread (torch.set_num_threads,
-TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, OMP_NUM_THREADS); the teacher server gets one
-thread too. So (a) does teacher and student work on one core in turn, (b) can overlap them on two.
-The three setups run in turn ``--repeats`` times (a, b, c, a, b, c, ...) so drift in the machine's load
-touches them alike; the table gives the median and range of each setup's steady-state rate, and the
-ratios are medians of the per-repeat ratios. Prints a table and writes
+The teacher alone, samples/s of teacher answers, with requests of (b)'s size (batch x rpc_batches rows):
+  (s) the served teacher under a load client in its own process, enough requests in flight to saturate it;
+  (i) the same adapter in-process (``load_teacher(...).predict``), called from a pool as big as the
+      server's forward pool, same thread pinning.
+With TLS + token: (b+) and (s+) repeat (b) and (s) against a second server started with a bearer token
+and TLS (a test CA made here), the clients sending the token and trusting the CA.
+
+Every setup runs in a fresh process with every framework pinned to one thread (torch.set_num_threads,
+TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, OMP_NUM_THREADS); the teacher servers get one thread
+per forward too. The setups run in turn ``--repeats`` times (a, b, b+, c, s, s+, i, a, ...) so drift in
+the machine's load touches them alike; the table gives each setup's median and range of steady-state
+rates, and every ratio is the median of the per-repeat ratios. Prints one table and writes
 benchmarks/results/throughput.json. Asserts nothing.
 
     .venv/bin/python benchmarks/throughput.py [--epochs 40] [--batch-size 64] [--in-flight 4] [--rpc-batches 4]
-                                              [--repeats 5]
+                                              [--load-in-flight 8] [--load-seconds 5] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import ipaddress
+import itertools
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 PINNED = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
           "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+SERVER_THREADS = 1  # intra-op threads of the served teacher (TeacherServeConfig.workers_threads)
+SERVER_POOL = 4  # forwards the server runs at once: its pool is max(4, workers_threads) (teacher/server.py)
+ORDER = ("a", "b", "b+", "c", "s", "s+", "i")  # one repeat; TLS runs next to their plain twins
+
+
+def _names(args: argparse.Namespace) -> dict[str, str]:
+    remote = f"{args.in_flight} in flight x {args.rpc_batches} batches"
+    load = f"{args.load_in_flight} in flight x {args.batch_size * args.rpc_batches} rows"
+    return {"a": "(a) co-located teacher, sequential",
+            "b": f"(b) remote over gRPC, {remote}",
+            "b+": "(b+) = (b) with TLS + token",
+            "c": "(c) offline, precomputed soft labels",
+            "s": f"(s) served teacher alone, load client, {load}",
+            "s+": "(s+) = (s) with TLS + token",
+            "i": f"(i) same adapter in-process, {SERVER_POOL} threads"}
+
+
+# (label, per-repeat value from the setups' rates (samples/s; "<setup> cpu": samples per CPU-second of the
+# teacher's process), target text, target met?)
+RATIOS: list[tuple[str, Callable[[dict[str, float]], float], str, Callable[[float], bool]]] = [
+    ("b/a: remote vs co-located training", lambda r: r["b"] / r["a"], ">= 1.0", lambda v: v >= 1.0),
+    ("b/c: remote vs offline training", lambda r: r["b"] / r["c"], "(info)", lambda v: True),
+    ("s/i: serving overhead", lambda r: r["s"] / r["i"], ">= 0.9", lambda v: v >= 0.9),
+    ("s/i per teacher CPU-second", lambda r: r["s cpu"] / r["i cpu"], "(info)", lambda v: True),
+    ("b/min(c,s): pipeline efficiency", lambda r: r["b"] / min(r["c"], r["s"]), ">= 0.9", lambda v: v >= 0.9),
+    ("1 - b+/b: TLS + token cost, training", lambda r: 1 - r["b+"] / r["b"], "<= 0.05", lambda v: v <= 0.05),
+    ("1 - s+/s: TLS + token cost, served", lambda r: 1 - r["s+"] / r["s"], "<= 0.05", lambda v: v <= 0.05),
+    ("1 - s+/s per teacher CPU-second", lambda r: 1 - r["s+ cpu"] / r["s cpu"], "(info)", lambda v: True),
+]
+
+
+# ------------------------------------------------------------------------------- child processes
+
+def _client_options(setup: str, args: argparse.Namespace, in_flight: int) -> dict[str, Any]:
+    """The TeacherClientConfig fields of a remote setup: the plain server, or the TLS + token one."""
+    if not setup.endswith("+"):
+        return {"url": args.endpoint, "max_in_flight": in_flight}
+    return {"url": args.secure_endpoint, "max_in_flight": in_flight, "token_file": args.token_file,
+            "tls": {"ca_file": args.ca_file}}
 
 
 def _train(setup: str, args: argparse.Namespace) -> dict:
-    """One timed student-train run (called in a child process)."""
+    """One timed student-train run: setups a, b, b+, c."""
     import torch
 
     from crossdistill.train.trainer import StudentTrainConfig, train_student
@@ -44,19 +98,18 @@ def _train(setup: str, args: argparse.Namespace) -> dict:
            "model": {"name": "mlp", "kwargs": {"hidden": [64, 32]}}}
     if setup == "c":
         cfg.update(mode="offline", soft_labels=args.soft_labels)
+    elif setup == "a":
+        cfg.update(mode="online", teacher={"url": f"inprocess:{args.teacher}", "max_in_flight": 1}, rpc_batches=1)
     else:
-        url = f"inprocess:{args.teacher}" if setup == "a" else args.endpoint
-        cfg.update(mode="online", teacher={"url": url, "max_in_flight": 1 if setup == "a" else args.in_flight},
-                   rpc_batches=1 if setup == "a" else args.rpc_batches)
+        cfg.update(mode="online", teacher=_client_options(setup, args, args.in_flight), rpc_batches=args.rpc_batches)
     start = time.perf_counter()
     result = train_student(StudentTrainConfig.parse(cfg))
     seconds = time.perf_counter() - start
     # Steady state: the trainer's own per-window rates after the first window (imports, connection,
     # first RPCs and allocator warm-up are one-time costs, reported separately as wall seconds).
-    windows = result.history[1:]
     prev = result.history[0]["samples_seen"]
     busy = 0.0
-    for w in windows:
+    for w in result.history[1:]:
         busy += (w["samples_seen"] - prev) / w["samples_per_s"]
         prev = w["samples_seen"]
     steady = (prev - result.history[0]["samples_seen"]) / busy
@@ -64,15 +117,124 @@ def _train(setup: str, args: argparse.Namespace) -> dict:
             "samples_per_s": steady, "wall_samples_per_s": result.samples_seen / seconds}
 
 
+def _requests(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """(ids, x) requests of (b)'s size (batch x rpc_batches rows) cycling over the data for ``load_seconds``."""
+    import numpy as np
+
+    from crossdistill.data import read_dataset
+
+    ds = read_dataset(args.data)
+    rows = args.batch_size * args.rpc_batches
+    index = np.arange(math.lcm(rows, len(ds.ids))) % len(ds.ids)
+    x = ds["x"].astype(np.float32)
+    ready = [(ds.ids[i], x[i]) for i in np.split(index, len(index) // rows)]  # sliced before the clock starts
+    end = time.perf_counter() + args.load_seconds
+    for request in itertools.cycle(ready):
+        if time.perf_counter() >= end:
+            return
+        yield request
+
+
+def _process_cpu(pid: int) -> Callable[[], float]:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far, read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat(5)
+
+    return read
+
+
+def _steady(setup: str, stamps: list[tuple[float, float, int]], start: float, warm_s: float) -> dict:
+    """Answers per second, and per CPU-second of the teacher's process, after the first ``warm_s`` seconds
+    (connection, first calls and warm-up left out). ``stamps``: (time, teacher CPU seconds, rows) per answer."""
+    k = next((n for n, (t, _, _) in enumerate(stamps) if t >= start + warm_s), len(stamps) - 2)
+    samples = sum(rows for _, _, rows in stamps[k + 1:])
+    return {"setup": setup, "samples": sum(rows for _, _, rows in stamps), "requests": len(stamps),
+            "seconds": stamps[-1][0] - start, "samples_per_s": samples / (stamps[-1][0] - stamps[k][0]),
+            "samples_per_cpu_s": samples / max(stamps[-1][1] - stamps[k][1], 1e-9)}
+
+
+def _serve_load(setup: str, args: argparse.Namespace) -> dict:
+    """Setups s, s+: a load client keeping ``load_in_flight`` requests on the served teacher."""
+    from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
+
+    cpu = _process_cpu(args.secure_pid if setup.endswith("+") else args.pid)
+    with TeacherClient(TeacherClientConfig(**_client_options(setup, args, args.load_in_flight))) as client:
+        client.wait_ready(60.0)
+        start = time.perf_counter()
+        stamps = [(time.perf_counter(), cpu(), rows) for _, rows in
+                  client.stream((i, x, len(i)) for i, x in _requests(args))]
+    return _steady(setup, stamps, start, args.load_seconds / 5)
+
+
+def _in_process(setup: str, args: argparse.Namespace) -> dict:
+    """Setup i: the server's adapter in this process, ``SERVER_POOL`` forwards at once like the server's pool,
+    ``load_in_flight`` calls queued like the load client's requests."""
+    from crossdistill.teacher.adapters import load_teacher
+
+    adapter = load_teacher(args.teacher, threads=SERVER_THREADS)
+    requests = _requests(args)
+    adapter.predict(next(requests)[1][:1])  # the server probes its model once before serving, too
+    stamps, queued = [], deque()
+    with ThreadPoolExecutor(max_workers=SERVER_POOL) as pool:
+        start = time.perf_counter()
+        for _, x in requests:
+            queued.append(pool.submit(adapter.predict, x))
+            while len(queued) >= args.load_in_flight:
+                out = queued.popleft().result()
+                stamps.append((time.perf_counter(), time.process_time(), len(out["logits"])))
+        stamps += [(time.perf_counter(), time.process_time(), len(f.result()["logits"])) for f in queued]
+    return _steady(setup, stamps, start, args.load_seconds / 5)
+
+
+CHILDREN = {"a": _train, "b": _train, "b+": _train, "c": _train, "s": _serve_load, "s+": _serve_load,
+            "i": _in_process}
+
+
 def _child(setup: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", setup, "--data", args.data, "--work", args.work,
-           "--teacher", args.teacher, "--endpoint", args.endpoint or "", "--soft-labels", args.soft_labels or "",
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--in-flight", str(args.in_flight),
-           "--rpc-batches", str(args.rpc_batches)]
+    cmd = [sys.executable, __file__, "--child", setup, "--child-args", json.dumps(vars(args))]
     out = subprocess.run(cmd, env={**os.environ, **PINNED}, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"setup {setup} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------- servers
+
+def _certificates(folder: Path) -> dict[str, str]:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def issue(name: str, issuer: Any = None, issuer_key: Any = None) -> tuple[Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer or subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
+        if issuer is not None:
+            builder = (builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                       .add_extension(x509.SubjectAlternativeName(
+                           [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False))
+        return key, builder.sign(issuer_key or key, hashes.SHA256())
+
+    ca_key, ca_cert = issue("crossdistill benchmark CA")
+    key, cert = issue("teacher", ca_cert.subject, ca_key)
+    paths = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return {k: str(v) for k, v in paths.items()}
 
 
 def _wire_bytes(endpoint: str, data: str, batch: int) -> list[dict]:
@@ -91,23 +253,8 @@ def _wire_bytes(endpoint: str, data: str, batch: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--in-flight", type=int, default=4)
-    parser.add_argument("--rpc-batches", type=int, default=4, help="student batches per teacher request in (b)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each setup (median reported)")
-    parser.add_argument("--work", default="runs/bench-throughput")
-    parser.add_argument("--results", default="benchmarks/results/throughput.json")
-    parser.add_argument("--child", choices=["a", "b", "c"], help=argparse.SUPPRESS)
-    for hidden in ("--data", "--teacher", "--endpoint", "--soft-labels"):
-        parser.add_argument(hidden, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(_train(args.child, args)))
-        return
-    os.environ.update(PINNED)
+def _measure(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """Start the plain and the TLS + token servers, label (c)'s soft labels, run the repeats."""
     from crossdistill import storage
     from crossdistill.data.splits import PrepareDataConfig, prepare_data
     from crossdistill.deploy.config import TeacherServeConfig
@@ -120,51 +267,118 @@ def main() -> None:
     args.data = splits["student"]
     args.teacher = str(work / "teacher.keras")
     if not storage.exists(args.teacher):
-        train_keras_teacher(TeacherTrainConfig(train=splits["train"], val=splits["val"], out=args.teacher))
-    serve = TeacherServeConfig(model_uri=args.teacher, name="bench-teacher", workdir=str(work / "server"),
-                               workers_threads=1)
-    endpoint = deploy_teacher(serve)
+        train_keras_teacher(TeacherTrainConfig(train=splits["train"], val=splits["val"], out=args.teacher,
+                                               epochs=args.teacher_epochs))
+    pki = _certificates(work / "pki")
+    args.ca_file, args.token_file = pki["ca"], str(work / "pki" / "token")
+    Path(args.token_file).write_text(os.urandom(24).hex() + "\n")
+    common = {"model_uri": args.teacher, "workdir": str(work / "server"), "workers_threads": SERVER_THREADS}
+    plain = TeacherServeConfig(name="bench-teacher", **common)
+    secure = TeacherServeConfig(name="bench-teacher-tls", auth={"token_file": args.token_file},
+                                tls={"cert_file": pki["cert"], "key_file": pki["key"]}, **common)
     try:
-        args.endpoint = endpoint.grpc
+        args.endpoint = deploy_teacher(plain).grpc
+        args.secure_endpoint = deploy_teacher(secure).grpc
+        # the local backend's pid files (<workdir>/<name>.pid): (s) reads the server's CPU time from /proc
+        args.pid, args.secure_pid = (int((Path(common["workdir"]) / f"{c.name}.pid").read_text())
+                                     for c in (plain, secure))
         args.soft_labels = run_pseudo_label(PseudoLabelConfig(
-            data=args.data, teacher_url=endpoint.grpc, out=str(work / "soft"), progress=False))
-        repeats = [{s: _child(s, args) for s in ("a", "b", "c")} for _ in range(args.repeats)]
-        wire = _wire_bytes(endpoint.grpc, args.data, args.batch_size)
+            data=args.data, teacher_url=args.endpoint, out=str(work / "soft"), progress=False))
+        repeats = []
+        for n in range(args.repeats):
+            repeats.append({s: _child(s, args) for s in ORDER})
+            print(f"repeat {n + 1}/{args.repeats}: " + ", ".join(f"{s} {r['samples_per_s']:.0f}"
+                                                                for s, r in repeats[-1].items()), flush=True)
+        wire = _wire_bytes(args.endpoint, args.data, args.batch_size)
     finally:
-        teardown_teacher(serve)
-    names = {"a": "(a) co-located teacher, sequential",
-             "b": f"(b) remote over gRPC, {args.in_flight} in flight x {args.rpc_batches} batches",
-             "c": "(c) offline, precomputed soft labels"}
-    rates = {s: [r[s]["samples_per_s"] for r in repeats] for s in names}
-    walls = {s: [r[s]["seconds"] for r in repeats] for s in names}
-    ratio = {pair: [r[pair[0]]["samples_per_s"] / r[pair[1]]["samples_per_s"] for r in repeats]
-             for pair in ("ba", "bc")}
-    print(f"\nstudent-train throughput: digits student split, MLP 64-32 student, Keras MLP teacher, "
-          f"{args.epochs} epochs, batch {args.batch_size}, {repeats[0]['a']['samples']} samples per run")
-    print("threads: 1 per framework per process (torch, TF intra/inter-op, OMP); teacher server: 1 thread; "
-          f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
-    print(f"samples/s: steady state (after the first logging window), median [min-max] of {args.repeats} runs; "
-          "wall s: median whole run incl. start-up")
-    print(f"{'setup':<50} {'samples/s':>10} {'range':>15} {'wall s':>7}")
-    for s, name in names.items():
+        teardown_teacher(plain)
+        teardown_teacher(secure)
+    return repeats, wire
+
+
+# ------------------------------------------------------------------------------- report
+
+def _report(args: argparse.Namespace, repeats: list[dict], wire: list[dict], load: dict[str, float]) -> dict:
+    """Print the table and return the results (everything the JSON holds)."""
+    names = _names(args)
+    rates = {s: [r[s]["samples_per_s"] for r in repeats] for s in ORDER}
+    walls = {s: [r[s]["seconds"] for r in repeats] for s in ORDER}
+    ratios = {}
+    cpu = {s: [r[s]["samples_per_cpu_s"] for r in repeats] for s in ORDER if "samples_per_cpu_s" in repeats[0][s]}
+    for label, fn, target, met in RATIOS:
+        values = [fn({s: r[s]["samples_per_s"] for s in ORDER} | {f"{s} cpu": r[s]["samples_per_cpu_s"] for s in cpu})
+                  for r in repeats]
+        ratios[label] = {"median": statistics.median(values), "per_repeat": values, "target": target,
+                         "met": met(statistics.median(values))}
+    busy = max(load.values()) > (os.cpu_count() or 1)
+    print(f"\nthroughput: digits student split, MLP 64-32 student, Keras MLP teacher, {args.epochs} epochs, "
+          f"batch {args.batch_size}, {repeats[0]['a']['samples']} samples per training run")
+    print(f"threads: 1 per framework per process (torch, TF intra/inter-op, OMP); teacher servers: {SERVER_THREADS} "
+          f"thread per forward, {SERVER_POOL} forwards at once; TLS + token: server certificate from a test CA, "
+          f"bearer token; machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    print(f"load average (1 min) at start {load['start']:.1f}, at end {load['end']:.1f}"
+          + (": a busy machine, numbers are noisy" if busy else ""))
+    print(f"samples/s: steady state (training: after the trainer's first logging window; teacher alone: after "
+          f"the first answers), median [min-max] of {args.repeats} runs; wall s: median whole run "
+          "(training incl. start-up)")
+    print("per CPU-s: samples per CPU-second of the teacher's process (server or in-process), median")
+    print(f"{'setup':<56} {'samples/s':>10} {'range':>15} {'wall s':>7} {'per CPU-s':>10}")
+    for s in ORDER:
         lo, hi = min(rates[s]), max(rates[s])
-        print(f"{name:<50} {statistics.median(rates[s]):>10.0f} {f'{lo:.0f}-{hi:.0f}':>15} "
-              f"{statistics.median(walls[s]):>7.2f}")
-    b_a, b_c = statistics.median(ratio["ba"]), statistics.median(ratio["bc"])
-    print(f"b/a = {b_a:.2f} [{min(ratio['ba']):.2f}-{max(ratio['ba']):.2f}] (target >= 1.0)   "
-          f"b/c = {b_c:.2f} [{min(ratio['bc']):.2f}-{max(ratio['bc']):.2f}] (target >= 0.9)")
+        per_cpu = f"{statistics.median(cpu[s]):.0f}" if s in cpu else ""
+        print(f"{names[s]:<56} {statistics.median(rates[s]):>10.0f} {f'{lo:.0f}-{hi:.0f}':>15} "
+              f"{statistics.median(walls[s]):>7.2f} {per_cpu:>10}")
+    print(f"\n{'ratio (median of per-repeat ratios)':<42} {'value':>6} {'range':>13} {'target':>8}  met")
+    for label, r in ratios.items():
+        lo, hi = min(r["per_repeat"]), max(r["per_repeat"])
+        verdict = "-" if r["target"] == "(info)" else "yes" if r["met"] else "NO"
+        print(f"{label:<42} {r['median']:>6.2f} {f'{lo:.2f}-{hi:.2f}':>13} {r['target']:>8}  {verdict}")
     print(f"\nbytes per sample on the wire (batch {args.batch_size}, 8x8 inputs, 10 classes, protobuf sizes)")
     print(f"{'teacher signal':<14} {'request':>9} {'response':>9}")
     for w in wire:
         print(f"{w['signal']:<14} {w['request_bytes_per_sample']:>9.1f} {w['response_bytes_per_sample']:>9.1f}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps({
-        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-        "config": {"epochs": args.epochs, "batch_size": args.batch_size, "in_flight": args.in_flight,
-                   "rpc_batches": args.rpc_batches, "repeats": args.repeats,
-                   "threads": PINNED, "cpus": os.cpu_count()},
-        "repeats": repeats, "ratios": {"b_over_a": b_a, "b_over_c": b_c, "per_repeat": ratio}, "wire": wire},
-        indent=2))
+    return {"command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+            "config": {"epochs": args.epochs, "batch_size": args.batch_size, "in_flight": args.in_flight,
+                       "rpc_batches": args.rpc_batches, "load_in_flight": args.load_in_flight,
+                       "load_seconds": args.load_seconds,
+                       "repeats": args.repeats, "server_threads": SERVER_THREADS, "server_pool": SERVER_POOL,
+                       "threads": PINNED, "cpus": os.cpu_count()},
+            "load_average_1min": load, "busy_machine": busy, "setups": names,
+            "medians": {s: statistics.median(rates[s]) for s in ORDER},
+            "medians_per_cpu_s": {s: statistics.median(v) for s, v in cpu.items()}, "ratios": ratios,
+            "repeats": repeats, "wire": wire}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--in-flight", type=int, default=4, help="requests in flight in (b)")
+    parser.add_argument("--rpc-batches", type=int, default=4, help="student batches per teacher request in (b)")
+    parser.add_argument("--load-in-flight", type=int, default=8, help="requests in flight of the load client (s)")
+    parser.add_argument("--load-seconds", type=float, default=5.0, help="length of each (s) and (i) run; "
+                                                                        "the first fifth is warm-up")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each setup (median reported)")
+    parser.add_argument("--teacher-epochs", type=int, default=40, help="training epochs of the Keras teacher "
+                                                                       "(cached in --work once trained)")
+    parser.add_argument("--work", default="runs/bench-throughput")
+    parser.add_argument("--results", default="benchmarks/results/throughput.json")
+    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args.child, argparse.Namespace(**json.loads(args.child_args)))))
+        return
+    os.environ.update(PINNED)
+    load = {"start": os.getloadavg()[0]}
+    repeats, wire = _measure(args)
+    load["end"] = os.getloadavg()[0]
+    results = _report(args, repeats, wire, load)
+    path = Path(args.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)
     print(f"\nwritten: {args.results}")
 
 

@@ -1,27 +1,43 @@
-"""Compile every pipeline to ``pipelines/compiled/<name>.yaml`` and every component to its ``component.yaml``."""
+"""Compile every pipeline to ``<out>/<name>.yaml`` and every component to its ``component.yaml``.
+
+In the source checkout (an editable install) the pipelines go to ``pipelines/compiled/`` and the
+components next to their ``component.py``, which is what the distribution ships; from an installed
+wheel the pipelines go to ``./compiled`` and the shipped components stay as they are.
+"""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-import components
 from kfp import compiler
 from kfp.dsl.graph_component import GraphComponent
 
-from pipelines.placement import Placement
+from crossdistill import components
+from crossdistill.pipelines.placement import Placement
 
 PIPELINES_DIR = Path(__file__).resolve().parent
-COMPILED_DIR = PIPELINES_DIR / "compiled"
+COMPILED_DIR = PIPELINES_DIR / "compiled"  # the compiled pipelines this package ships
 
 # pipeline name -> module with build(placement) -> GraphComponent
 PIPELINES: dict[str, str] = {
-    "online-distillation": "pipelines.online",
-    "offline-distillation": "pipelines.offline",
-    "multi-teacher-distillation": "pipelines.multi_teacher",
+    "online-distillation": "crossdistill.pipelines.online",
+    "offline-distillation": "crossdistill.pipelines.offline",
+    "multi-teacher-distillation": "crossdistill.pipelines.multi_teacher",
 }
 ALIASES = {"online": "online-distillation", "offline": "offline-distillation",
            "multi-teacher": "multi-teacher-distillation", "multi_teacher": "multi-teacher-distillation"}
+
+
+def in_checkout() -> bool:
+    """Whether these pipelines run from the source checkout (editable install) rather than an installed wheel."""
+    return (PIPELINES_DIR.parent / "pyproject.toml").is_file() and (PIPELINES_DIR.parent / "components").is_dir()
+
+
+def default_out_dir() -> Path:
+    """Where ``crossdistill pipeline`` compiles to and uploads from by default: the checkout's
+    ``pipelines/compiled``, or ``./compiled`` when running from an installed wheel."""
+    return COMPILED_DIR if in_checkout() else Path.cwd() / "compiled"
 
 
 def resolve_name(name: str) -> str:

@@ -1,21 +1,31 @@
-"""offline-distillation: the teacher labels the unlabeled set once, in parallel shards; the student learns from the stored labels.
+"""offline-distillation: the teacher labels the student's data once, in parallel shards; the student learns from the stored labels.
 
-prepare-data -> train-teacher -> teacher-serve -> pseudo-label x N shards (ParallelFor) ->
-student-train (offline, on the collected shards) -> evaluate, inside an exit handler that tears
-the teacher down.
+The teacher and data are the user's (``teacher_model_uri``, ``student_data_uri``, ``test_data_uri``,
+imported by URI) or, with those empty, the demo's (prepare-data -> train-teacher); then
+teacher-serve -> pseudo-label x N shards (ParallelFor) -> student-train (offline, on the collected
+shards) -> evaluate, inside an exit handler that tears the teacher down.
 """
 
-from components.evaluate.component import evaluate
-from components.pseudo_label.component import pseudo_label
-from components.student_train.component import student_train
 from kfp import dsl
-from kfp.dsl import Dataset
+from kfp.dsl import Dataset, Model
 from kfp.dsl.graph_component import GraphComponent
 
-from pipelines import placement as pl
-from pipelines.common import deterministic, prepare_train_serve, teardown_task
+from crossdistill.components.evaluate.component import evaluate
+from crossdistill.components.pseudo_label.component import pseudo_label
+from crossdistill.components.student_train.component import student_train
+from crossdistill.pipelines import placement as pl
+from crossdistill.pipelines.common import (
+    bind,
+    deterministic,
+    serve_task,
+    single_teacher_sources,
+    teardown_task,
+)
 
 NAME = "offline-distillation"
+
+# A pipeline run on the user's data needs these set with it (run-local checks before it starts).
+REQUIRED_WITH = {"student_data_uri": ("teacher_model_uri", "test_data_uri")}
 
 
 def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> GraphComponent:
@@ -25,6 +35,7 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
     """
     placement = placement or pl.Placement()
     server_placement = pl.teacher_server_placement_json(placement)
+    auth = pl.client_auth(placement)
 
     # The shard loop sits in its own sub-DAG so the endpoint enters it as a DAG input: kfp.local
     # 2.17 replaces any task output fed straight into a ParallelFor with the loop item.
@@ -33,12 +44,35 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
                      config_json: str) -> list[Dataset]:
         with dsl.ParallelFor(shards, parallelism=label_parallelism, name="each-shard") as shard:
             labels = pseudo_label(data=data, teacher_endpoint=teacher_endpoint, shard_index=shard, shards=shards,
-                                  top_k=top_k, temperature=temperature, config_json=config_json)
-            deterministic(pl.teacher_client(pl.on_cpu(labels, placement)), retries=2)
+                                  top_k=top_k, temperature=temperature, config_json=config_json, **auth)
+            deterministic(pl.teacher_client(pl.on_cpu(labels, placement), placement), retries=2)
         return dsl.Collected(labels.outputs["soft_labels"])
 
-    @dsl.pipeline(name=NAME, description="Pseudo-label in parallel shards with a served teacher, then distil offline.")
+    @dsl.pipeline(name="distil-offline", description="serve the teacher, label in shards, train offline, evaluate")
+    def distil_offline(student_data: Dataset, test_data: Dataset, teacher_model: Model, teacher_backend: str,
+                       teacher_name_prefix: str, teacher_placement_json: str, teacher_serve_config_json: str,
+                       shards: list, top_k: int, label_temperature: float, label_config_json: str,
+                       student_model: str, student_epochs: int, temperature: float, student_seed: int,
+                       student_config_json: str, eval_config_json: str, threads: int):
+        served = serve_task(placement, teacher_model, backend=teacher_backend, name_prefix=teacher_name_prefix,
+                            placement_json=teacher_placement_json, config_json=teacher_serve_config_json)
+        labels = label_shards(data=student_data, teacher_endpoint=served.outputs["endpoint"], shards=shards,
+                              top_k=top_k, temperature=label_temperature, config_json=label_config_json)
+        student = student_train(train_data=student_data, mode="offline", soft_labels=labels.output,
+                                student_model=student_model, epochs=student_epochs, temperature=temperature,
+                                seed=student_seed, threads=threads, config_json=student_config_json)
+        deterministic(pl.on_student_pool(student, placement), retries=3)
+        scored = evaluate(test_data=test_data, student=student.outputs["model"],
+                          teacher_endpoint=served.outputs["endpoint"], title="offline distillation",
+                          threads=threads, config_json=eval_config_json, **auth)
+        deterministic(pl.teacher_client(pl.on_student_pool(scored, placement), placement), retries=1)
+
+    @dsl.pipeline(name=NAME, description="Pseudo-label in parallel shards with a served teacher (yours by URI, or the "
+                                         "demo's), then distil offline.")
     def offline_distillation(
+        teacher_model_uri: str = "",
+        student_data_uri: str = "",
+        test_data_uri: str = "",
         dataset: str = "digits",
         student_labels: int = 64,
         data_seed: int = 0,
@@ -62,22 +96,11 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
         eval_config_json: str = "{}",
         threads: int = 1,
     ):
+        params = locals()  # this pipeline's parameters
         teardown = teardown_task(placement, backend=teacher_backend, name_prefix=teacher_name_prefix,
                                  config_json=teacher_serve_config_json)
         with dsl.ExitHandler(teardown, name="teacher-lifetime"):
-            data, _, served = prepare_train_serve(placement, locals())  # this pipeline's parameters
-            labels = label_shards(data=data.outputs["student"], teacher_endpoint=served.outputs["endpoint"],
-                                  shards=shards, top_k=top_k, temperature=label_temperature,
-                                  config_json=label_config_json)
-            student = student_train(train_data=data.outputs["student"], mode="offline",
-                                    soft_labels=labels.output,
-                                    student_model=student_model, epochs=student_epochs, temperature=temperature,
-                                    seed=student_seed, threads=threads, config_json=student_config_json)
-            deterministic(pl.on_student_pool(student, placement), retries=3)
-            scored = evaluate(test_data=data.outputs["test"], student=student.outputs["model"],
-                              teacher_endpoint=served.outputs["endpoint"], title="offline distillation",
-                              threads=threads, config_json=eval_config_json)
-            deterministic(pl.on_student_pool(scored, placement), retries=1)
+            single_teacher_sources(placement, params, bind(distil_offline, params))
 
     return offline_distillation
 

@@ -1,8 +1,11 @@
-"""Where each task runs on GKE: the teacher on a TPU node pool, the student on a GPU node pool.
+"""Where each task runs on GKE (the teacher on a TPU node pool, the student on a GPU node pool) and
+which Kubernetes Secrets guard the served teacher.
 
 Placement is compile-time configuration (a YAML file or ``key=value`` overrides to
 ``crossdistill pipeline compile``), never hard-wired; ``accelerators=False`` (``--cpu``) is the one
-switch that puts every task, and the teacher server, on CPU nodes.
+switch that puts every task, and the teacher server, on CPU nodes. ``teacher_access`` names the
+Secrets (never their values): teacher-serve mounts them on the server, and every task that calls the
+teacher mounts the client's part (token, CA certificate) and is told the files' paths.
 """
 
 from __future__ import annotations
@@ -54,8 +57,35 @@ class StudentPool(StrictConfig):
     resources: TaskResources = Field(default_factory=lambda: TaskResources(cpu="4", memory="16Gi"))
 
 
+class TeacherAccess(StrictConfig):
+    """Kubernetes Secrets, by name, that guard the served teacher (unset = plain gRPC, no token).
+
+    The pipeline holds only these names. The server gets ``auth_secret`` and ``tls_secret``
+    (TeacherServeConfig ``auth_secret`` / ``tls_secret``, mounted by the kubernetes and kserve
+    backends). A task that calls the teacher mounts ``auth_secret`` (it sends the token) and
+    ``ca_secret`` (it verifies the server), never ``tls_secret``: the server's private key stays
+    with the server.
+    """
+
+    auth_secret: str | None = Field(None, description="Secret holding the bearer token under token_key")
+    tls_secret: str | None = Field(None, description="Secret with the server's tls.crt and tls.key (server only)")
+    ca_secret: str | None = Field(None, description="Secret with the CA certificate under ca_key that clients "
+                                                    "verify the server with (unset: the system's roots)")
+    token_key: str = Field("token", description="key of the token in auth_secret")
+    ca_key: str = Field("ca.crt", description="key of the CA certificate in ca_secret")
+    mount_dir: str = Field("/var/run/secrets/crossdistill", description="where client tasks mount the Secrets")
+
+    def token_file(self) -> str | None:
+        """The token's path inside a client task (None without ``auth_secret``)."""
+        return f"{self.mount_dir}/teacher-auth/{self.token_key}" if self.auth_secret else None
+
+    def ca_file(self) -> str | None:
+        """The CA certificate's path inside a client task (None without ``ca_secret``)."""
+        return f"{self.mount_dir}/teacher-ca/{self.ca_key}" if self.ca_secret else None
+
+
 class Placement(StrictConfig):
-    """Node-pool placement of every task of a pipeline."""
+    """Node-pool placement of every task of a pipeline, and the Secrets of the teacher's access."""
 
     accelerators: bool = Field(True, description="False: every task on CPU nodes, no selectors or tolerations")
     teacher: TeacherPool = Field(default_factory=TeacherPool)
@@ -63,6 +93,8 @@ class Placement(StrictConfig):
     cpu: TaskResources = Field(default_factory=TaskResources, description="data prep, labelling clients, experts")
     teacher_serve_task: TaskResources = Field(default_factory=lambda: TaskResources(cpu="500m", memory="512Mi"),
                                               description="the pod that creates the server (not the server)")
+    teacher_access: TeacherAccess = Field(default_factory=TeacherAccess,
+                                          description="Secrets (names) guarding the served teacher")
 
     @classmethod
     def cpu_only(cls) -> Placement:
@@ -94,19 +126,33 @@ def on_teacher_pool(task: PipelineTask, placement: Placement) -> PipelineTask:
     return task
 
 
-def teacher_client(task: PipelineTask) -> PipelineTask:
-    """A task that calls the teacher: labelled so manifests/base's NetworkPolicy lets it reach teacher pods."""
+def teacher_client(task: PipelineTask, placement: Placement) -> PipelineTask:
+    """A task that calls the teacher: labelled so manifests/base's NetworkPolicy lets it reach teacher pods,
+    with the client's Secrets of ``placement.teacher_access`` mounted (see ``client_auth`` for its inputs)."""
     from crossdistill.deploy.kubernetes import ROLE_LABEL
 
     kubernetes.add_pod_label(task, ROLE_LABEL, "student")
+    access = placement.teacher_access
+    if access.auth_secret:
+        kubernetes.use_secret_as_volume(task, secret_name=access.auth_secret,
+                                        mount_path=f"{access.mount_dir}/teacher-auth")
+    if access.ca_secret:
+        kubernetes.use_secret_as_volume(task, secret_name=access.ca_secret, mount_path=f"{access.mount_dir}/teacher-ca")
     return task
+
+
+def client_auth(placement: Placement) -> dict[str, str]:
+    """The ``teacher_token_file`` / ``teacher_ca_file`` arguments of a teacher-calling component: the
+    paths where ``teacher_client`` mounts the Secrets (empty when none is configured)."""
+    access = placement.teacher_access
+    return {key: path for key, path in (("teacher_token_file", access.token_file()),
+                                        ("teacher_ca_file", access.ca_file())) if path}
 
 
 def on_student_pool(task: PipelineTask, placement: Placement) -> PipelineTask:
     """A task that runs the student (training, evaluation): GPU ask, GPU selector and toleration."""
     pool = placement.student
     _requests(task, pool.resources)
-    teacher_client(task)
     if not placement.accelerators:
         return task
     task.set_accelerator_type(pool.accelerator_type).set_accelerator_limit(pool.gpus)
@@ -122,13 +168,18 @@ def on_cpu(task: PipelineTask, placement: Placement, resources: TaskResources | 
 
 
 def teacher_server_placement(placement: Placement) -> dict[str, Any]:
-    """The server pod's placement as TeacherServeConfig keys (resources, node_selector, tolerations, image)."""
+    """The server pod's placement as TeacherServeConfig keys (resources, node_selector, tolerations, image),
+    plus the names of its Secrets (``auth_secret``, ``tls_secret``) when ``teacher_access`` sets them."""
     pool = placement.teacher
+    access = placement.teacher_access
+    secrets = {key: name for key, name in (("auth_secret", access.auth_secret), ("tls_secret", access.tls_secret))
+               if name}
     if not placement.accelerators:
-        return {"resources": {"cpu": pool.resources.cpu, "memory": pool.resources.memory}}
+        return {"resources": {"cpu": pool.resources.cpu, "memory": pool.resources.memory}, **secrets}
     from crossdistill.images import image_for
 
     return {
+        **secrets,
         "image": image_for(pool.image_role),
         "resources": {"cpu": pool.resources.cpu, "memory": pool.resources.memory,
                       "accelerator_type": pool.accelerator_type, "accelerator_count": pool.chips},

@@ -97,7 +97,7 @@ def serve_teacher(tmp_path_factory) -> Iterator[Callable[..., Any]]:
 @pytest.fixture(scope="session")
 def served_keras_teacher(keras_teacher, serve_teacher):
     """The Keras teacher behind a real OIP server: its Endpoint (``.grpc`` host:port, ``.http`` URL)."""
-    return serve_teacher(keras_teacher["path"], name="keras-teacher")
+    return serve_teacher(keras_teacher["path"], name="keras-teacher", expose_layers=["dense_0", "flatten"])
 
 
 @pytest.fixture(scope="session")

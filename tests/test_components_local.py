@@ -5,16 +5,16 @@ import socket
 from pathlib import Path
 
 import pytest
-from components.evaluate.component import evaluate
-from components.prepare_data.component import prepare_data
-from components.pseudo_label.component import pseudo_label
-from components.student_train.component import student_train
-from components.teacher_serve.component import teacher_serve
-from components.teacher_teardown.component import teacher_teardown
-from components.train_teacher.component import train_teacher
 from kfp import dsl, local
 from kfp.dsl import Dataset, Model
 
+from crossdistill.components.evaluate.component import evaluate
+from crossdistill.components.prepare_data.component import prepare_data
+from crossdistill.components.pseudo_label.component import pseudo_label
+from crossdistill.components.student_train.component import student_train
+from crossdistill.components.teacher_serve.component import teacher_serve
+from crossdistill.components.teacher_teardown.component import teacher_teardown
+from crossdistill.components.train_teacher.component import train_teacher
 from crossdistill.data.shards import read_dataset
 
 JOB_ID = "component-test"
@@ -100,13 +100,15 @@ def _label(data, endpoint: str, shard_index: int, shards: list):
     return pipe()
 
 
-def test_pseudo_label_one_shard(data, served):
+def test_pseudo_label_shards_split_the_data(data, served):
+    """Each of the two shards labels its own part: together every test id once, top-3 each."""
     _, task = served
-    labels = _label(data, task.output, 1, [0, 1]).output
-    soft = read_dataset(labels.path)
+    parts = [read_dataset(_label(data, task.output, i, [0, 1]).output.path) for i in (0, 1)]
     test_ids = read_dataset(data.outputs["test"].path).ids
-    assert list(soft.ids) == list(test_ids[1::2])
-    assert soft["topk_indices"].shape == (len(soft), 3)
+    labelled = [i for part in parts for i in part.ids]
+    assert sorted(labelled) == sorted(test_ids)
+    for part in parts:
+        assert part["topk_indices"].shape == (len(part), 3)
 
 
 def test_pseudo_label_rejects_a_shard_outside_the_list(data, served):

@@ -50,7 +50,7 @@ def test_cli_prints_validated_config_and_schema(capsys):
     assert main(["prepare-data", "--print-config", "seed=4"]) == 0
     assert json.loads(capsys.readouterr().out)["seed"] == 4
     assert main(["prepare-data", "--show-schema"]) == 0
-    assert "student_labels = 64" in capsys.readouterr().out
+    assert "student_labels: int = 64" in capsys.readouterr().out
 
 
 def test_console_script_help_lists_every_step():
@@ -83,3 +83,18 @@ def test_step_config_errors_name_the_step():
         step_config(PrepareDataConfig, "[1]", {}, "prepare-data")
     with pytest.raises(ConfigError, match=r"PrepareDataConfig in prepare-data config_json:\n.*unknown key 'sed'"):
         step_config(PrepareDataConfig, '{"sed": 1}', {}, "prepare-data")
+
+
+def test_show_schema_lists_nested_keys_with_type_default_and_description(capsys):
+    """Optional models (teacher), nested ones (teacher.tls), lists of models (features[]) are walked."""
+    assert main(["student-train", "--show-schema"]) == 0
+    lines = {line.split(":", 1)[0].strip(): line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["teacher"].startswith("  teacher: TeacherClientConfig | None = None")
+    assert "(required)" in lines["teacher.url"] and "host:port" in lines["teacher.url"]
+    assert "teacher.top_k: int = 0" in lines["teacher.top_k"]
+    assert "teacher.tls.ca_file" in lines and "teacher.token_file" in lines
+    assert "(required)" in lines["features[].student"]
+    assert "model.name: str = 'mlp'" in lines["model.name"]
+    assert main(["evaluate", "--show-schema"]) == 0
+    out = capsys.readouterr().out
+    assert "  teachers[].client.url: str (required)" in out and "  teachers[].label_map:" in out

@@ -35,6 +35,26 @@ def test_round_trip_keeps_ids_shapes_and_meta(tmp_path, root):
     assert len(storage.listdir(uri)) == 4  # three shards + manifest
 
 
+def test_multi_dimensional_columns_are_one_fixed_size_cell_per_row_and_old_list_columns_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from crossdistill.data.shards import DatasetReader
+
+    data = _toy(11)
+    uri = write_dataset(str(tmp_path / "ds"), data)
+    shard = next((tmp_path / "ds").glob("shard-*.parquet"))
+    table = pq.read_table(shard)
+    assert table.schema.field("x").type == pa.binary(3 * 2 * 4)  # float32 [1, 3, 2], little-endian bytes
+    # A dataset written by an earlier version holds the same values as fixed_size_list<float>[6]
+    flat = pa.array(data["x"].reshape(-1))
+    old = table.set_column(table.schema.get_field_index("x"), "x", pa.FixedSizeListArray.from_arrays(flat, 6))
+    pq.write_table(old, shard)
+    back = DatasetReader(uri).to_dataset()
+    np.testing.assert_array_equal(back["x"], data["x"])
+    assert back["x"].flags.writeable
+
+
 def test_reading_several_datasets_concatenates_them(tmp_path):
     data = _toy(10)
     write_dataset(str(tmp_path / "a"), data.take(np.arange(4)))

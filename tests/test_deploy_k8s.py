@@ -238,3 +238,70 @@ def test_kserve_isvc_uses_the_runtime_and_raw_mode() -> None:
     # KServe appends these to the runtime's args: overrides only, no second --config.
     assert all("=" in a and not a.startswith("-") for a in model["args"])
     assert kserve.schema_errors(isvc) == []
+
+
+# --- secrets, probes and teardown -------------------------------------------------------------------
+
+def test_token_and_tls_come_from_mounted_secrets_never_values() -> None:
+    cfg = _cfg(auth_secret="teacher-token", tls_secret="teacher-tls",
+               tls={"cert_file": "tls.crt", "key_file": "tls.key", "client_ca_file": "ca.crt"},
+               expose_layers=["dense_0"], class_names=[str(i) for i in range(10)], max_message_bytes=8 << 20)
+    deployment, _ = kubernetes.build_objects(cfg)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "auth", "secret": {"secretName": "teacher-token", "defaultMode": 0o440}} in pod["volumes"]
+    assert {"name": "tls", "secret": {"secretName": "teacher-tls", "defaultMode": 0o440}} in pod["volumes"]
+    assert {"name": "auth", "mountPath": kubernetes.AUTH_MOUNT, "readOnly": True} in container["volumeMounts"]
+    assert {"name": "tls", "mountPath": kubernetes.TLS_MOUNT, "readOnly": True} in container["volumeMounts"]
+    args = container["args"]
+    assert f"auth.token_file={kubernetes.AUTH_MOUNT}/token" in args
+    assert f"tls.cert_file={kubernetes.TLS_MOUNT}/tls.crt" in args
+    assert f"tls.client_ca_file={kubernetes.TLS_MOUNT}/ca.crt" in args
+    assert 'expose_layers=["dense_0"]' in args and "max_message_bytes=8388608" in args
+    # The server parses these overrides back into the same settings.
+    from crossdistill.config import parse_overrides
+
+    parsed = parse_overrides(args[2:])
+    assert parsed["expose_layers"] == ["dense_0"] and parsed["class_names"] == [str(i) for i in range(10)]
+    assert parsed["tls"]["key_file"] == f"{kubernetes.TLS_MOUNT}/tls.key"
+    # Mutual TLS: kubelet has no client certificate, so the probes only open a TCP connection.
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    assert not [v for v in pod["volumes"] if "secret" in v and set(v["secret"]) != {"secretName", "defaultMode"}]
+    (isvc,) = kserve.build_objects(cfg)
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["volumes"] == pod["volumes"] and predictor["model"]["volumeMounts"] == container["volumeMounts"]
+    assert f"auth.token_file={kubernetes.AUTH_MOUNT}/token" in predictor["model"]["args"]
+    assert kserve.schema_errors(isvc) == []
+
+
+def test_probes_follow_token_and_tls() -> None:
+    plain = kubernetes.container(_cfg())
+    assert plain["readinessProbe"]["httpGet"] == {"path": "/v2/models/teacher/ready", "port": "http"}
+    token = kubernetes.container(_cfg(auth_secret="s", auth={"token_file": "key"}))
+    assert token["readinessProbe"]["httpGet"] == {"path": kubernetes.LIVE_PATH, "port": "http"}  # the open path
+    assert f"auth.token_file={kubernetes.AUTH_MOUNT}/key" in token["args"]
+    tls = kubernetes.container(_cfg(tls_secret="t"))
+    assert tls["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert f"tls.cert_file={kubernetes.TLS_MOUNT}/tls.crt" in tls["args"]
+
+
+def test_token_or_tls_files_without_a_secret_are_refused() -> None:
+    with pytest.raises(ConfigError, match="auth.token_file needs auth_secret"):
+        kubernetes.build_objects(_cfg(auth={"token_file": "/home/me/token"}))
+    with pytest.raises(ConfigError, match="tls needs tls_secret"):
+        kserve.build_objects(_cfg(tls={"cert_file": "/a.pem", "key_file": "/a.key"}))
+
+
+def test_teardown_needs_only_the_name(api: FakeApiServer) -> None:
+    from crossdistill.deploy.config import TeacherTeardownConfig
+    from crossdistill.deploy.serve import teardown_teacher
+
+    kubernetes.deploy(_cfg(), client=api.client())
+    kubernetes.teardown(TeacherTeardownConfig(name="t1", namespace="ns1", backend="kubernetes"), client=api.client())
+    assert api.objects == {}
+    kserve.deploy(_cfg(backend="kserve"), client=api.client())
+    kserve.teardown(TeacherTeardownConfig(name="t1", namespace="ns1", backend="kserve"), client=api.client())
+    assert api.objects == {}
+    with pytest.raises(ConfigError, match="unknown key 'model_uri'"):
+        TeacherTeardownConfig.parse({"name": "t1", "model_uri": "x"})
+    assert teardown_teacher(TeacherTeardownConfig(name="nothing-here", workdir="/nonexistent")) is False

@@ -507,3 +507,98 @@ def test_scalars_and_markdown_from_a_result():
     assert md[0] == "# t" and md[2].startswith("| model | role | accuracy | accuracy on own classes |")
     assert "| Spec-1 | teacher | 0.4000 | 0.9500 |" in md[5] and "agreement with student" not in md[2]
     assert "| spec_1_covered_accuracy | 0.95 |" in md
+
+
+# ---------------------------------------------------------------- one path for every teacher, in-process, label spaces
+
+_SAME = ("accuracy", "per_class_accuracy", "confusion_matrix", "ece", "nll", "covered_accuracy", "student_agreement",
+         "num_parameters", "size_bytes", "num_outputs", "label_map")
+
+
+def test_inprocess_teacher_scores_like_the_served_one_alone_or_in_a_list(digits_run, served_teacher, tmp_path):
+    from crossdistill.evaluate.run import run_evaluate
+
+    common = {"export": [], "latency_repeats": 2, "latency_batch": 1}
+    served = run_evaluate(_cfg(digits_run, tmp_path / "a", teacher=served_teacher["url"], **common))
+    local = f"inprocess:{served_teacher['uri']}"
+    alone = run_evaluate(_cfg(digits_run, tmp_path / "b", teacher=local, **common))
+    listed = run_evaluate(_cfg(digits_run, tmp_path / "c", teachers=[local], **common))
+    for key in _SAME:
+        np.testing.assert_allclose(alone["teacher"][key], served["teacher"][key], atol=1e-6, err_msg=key)
+        assert listed["teachers"][0][key] == alone["teacher"][key], key  # one teacher or a list: one path
+    assert alone["teacher"]["metadata"]["platform"].startswith("inprocess ")
+    assert alone["student"]["teacher_agreement"] == served["student"]["teacher_agreement"]
+    assert listed["teacher"] is None and "teacher_agreement" not in listed["student"]
+
+
+class Permuted(torch.nn.Module):
+    """A teacher whose output j is class ``order[j]`` of the wrapped network."""
+
+    def __init__(self, net: torch.nn.Module, order: list[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("order", torch.tensor(order))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).index_select(1, self.order)
+
+
+def test_teacher_outputs_map_to_the_data_classes_by_name(digits_run, served_teacher, tmp_path):
+    from crossdistill.evaluate.run import run_evaluate
+
+    order = [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]
+    uri = str(tmp_path / "permuted.pt")
+    export.export_torchscript(Permuted(served_teacher["model"], order).eval(), export.example_input((1, 8, 8)), uri)
+    common = {"export": [], "latency_repeats": 1, "latency_batch": 1}
+    (tmp_path / "permuted.pt.class_names.json").write_text(json.dumps([str(c) for c in order]))
+    named = run_evaluate(_cfg(digits_run, tmp_path / "named", teacher=f"inprocess:{uri}", **common))
+    x, y = digits_run["test_ds"]["x"], digits_run["test_ds"]["y"]
+    with torch.no_grad():
+        t_pred = served_teacher["model"](torch.from_numpy(x)).argmax(1).numpy()
+    assert named["teacher"]["accuracy"] == pytest.approx(float(np.mean(t_pred == y)))
+    assert named["teacher"]["accuracy"] > 0.85
+    assert named["teacher"]["label_map"] == order
+
+    (tmp_path / "permuted.pt.class_names.json").write_text(json.dumps(list("abcdefghij")))
+    with pytest.raises(DataError, match=r"teacher's classes \['a', 'b'.*'j'\] do not match the data's classes "
+                                        r"\['0', '1'.*'9'\]"):
+        run_evaluate(_cfg(digits_run, tmp_path / "bad", teachers=[f"inprocess:{uri}"], **common))
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_test_data_is_streamed_fragment_by_fragment(digits_run, tmp_path):
+    """A test set of many row groups scores exactly like the same rows in one piece."""
+    from crossdistill.data.shards import DatasetReader, DatasetWriter
+    from crossdistill.evaluate.run import run_evaluate
+
+    test = digits_run["test_ds"]
+    y = test["y"].copy()
+    y[::7] = -1  # unlabeled rows are left out
+    uri = str(tmp_path / "many")
+    with DatasetWriter(uri, test.meta, rows_per_shard=150, row_group_rows=32) as writer:
+        writer.write(test.with_columns(y=y).columns)
+    assert len(DatasetReader(uri).fragments) == 14
+    res = run_evaluate(_cfg(digits_run, tmp_path / "eval", test_data=uri, export=[], latency_repeats=1))
+    keep = y != -1
+    with torch.no_grad():
+        pred = digits_run["model"](torch.from_numpy(test["x"][keep])).argmax(1).numpy()
+    assert res["student"]["num_examples"] == keep.sum()
+    assert res["student"]["accuracy"] == pytest.approx(float(np.mean(pred == y[keep])))
+
+
+def test_cli_ends_with_a_short_table_and_the_report_path(digits_run, tmp_path, capsys):
+    from crossdistill.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["evaluate", f"test_data={digits_run['test']}", f"student={digits_run['student']}", f"out={out}",
+                 f"baselines={{\"few-label\": \"{digits_run['few']}\"}}", "export=[]", "latency_repeats=2",
+                 "latency_batch=8"])
+    printed = capsys.readouterr().out
+    assert code == 0 and len(printed) < 1500 and "{" not in printed, printed
+    lines = printed.strip().splitlines()
+    assert lines[0].endswith("400 test examples, 10 classes")
+    assert lines[1].split()[:3] == ["model", "role", "accuracy"] and "latency b=8 (ms)" in lines[1]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert lines[2].split()[:3] == ["student", "student", f"{saved['student']['accuracy']:.4f}"]
+    assert lines[3].split()[:2] == ["few-label", "baseline"]
+    assert lines[-2] == f"report:  {out / 'report.html'}" and lines[-1] == f"metrics: {out / 'metrics.json'}"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from crossdistill.data.shards import Dataset, write_dataset
+from crossdistill.data.shards import Dataset, DatasetReader, write_dataset
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.experts.consensus import consensus_deviation
 from crossdistill.experts.selection import ExpertEvaluateConfig, evaluate_experts, run_expert_evaluate
@@ -199,9 +199,12 @@ def test_stored_table_and_live_endpoint_agree(tmp_path, digits, served_keras_tea
     stored = load_source(TeacherSource(name="k", table=stored_uri, label_map=label_map), num_classes=10)
     live = load_source(TeacherSource(name="k", label_map=label_map, endpoint={
         "url": served_keras_teacher.grpc, "model_name": served_keras_teacher.model_name, "top_k": top_k}),
-        num_classes=10, data=part, batch_size=32)
-    assert np.array_equal(stored.ids, live.ids)
+        num_classes=10, data=DatasetReader(data_uri), batch_size=32)
+    looked_up = load_source(TeacherSource(name="k", table=stored_uri, label_map=label_map), num_classes=10,
+                            data=DatasetReader(data_uri))  # the stored table asked like a teacher, by id
+    assert np.array_equal(stored.ids, live.ids) and np.array_equal(looked_up.ids, live.ids)
     np.testing.assert_array_equal(stored.probs, live.probs)
+    np.testing.assert_array_equal(looked_up.probs, live.probs)
     np.testing.assert_array_equal(stored.global_probs(), live.global_probs())
     # the label map really is applied: predictions are 9 - the served argmax
     assert np.array_equal(live.predictions(), 9 - np.argmax(live.probs, axis=1))

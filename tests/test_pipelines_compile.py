@@ -1,18 +1,25 @@
-"""Compile every pipeline and read the compiled spec: placement, exit handler, loops, parameters, CLI."""
+"""Compile every pipeline and read the compiled spec: placement, exit handler, loops, parameters, user URIs,
+the teacher's Secrets, CLI."""
 
 import filecmp
+import json
+import re
 from pathlib import Path
 
-import components
 import pytest
 import yaml
-from pipelines.compile import PIPELINES, compile_component, compile_pipeline
-from pipelines.placement import GPU_ACCELERATOR_LABEL, TPU_ACCELERATOR_LABEL, TPU_TOPOLOGY_LABEL, Placement
-from pipelines.run_local import DockerUnavailableError, docker_available, make_runner
-from pipelines.upload import client_from_env
 
-from crossdistill import pipeline_cli
+from crossdistill import components, pipeline_cli
 from crossdistill.errors import ConfigError
+from crossdistill.pipelines.compile import PIPELINES, compile_component, compile_pipeline
+from crossdistill.pipelines.placement import (
+    GPU_ACCELERATOR_LABEL,
+    TPU_ACCELERATOR_LABEL,
+    TPU_TOPOLOGY_LABEL,
+    Placement,
+)
+from crossdistill.pipelines.run_local import DockerUnavailableError, docker_available, make_runner
+from crossdistill.pipelines.upload import client_from_env
 
 TEACHER_TASKS = {"train-teacher"}
 STUDENT_TASKS = {"student-train", "evaluate"}
@@ -27,18 +34,37 @@ def _compile(name: str, tmp_path: Path, placement: Placement | None = None) -> t
 
 
 def _executors(spec: dict) -> dict:
-    return {name.removeprefix("exec-"): ex["container"] for name, ex in spec["deploymentSpec"]["executors"].items()}
+    """The container executors by task (importers have none)."""
+    return {name.removeprefix("exec-"): ex["container"] for name, ex in spec["deploymentSpec"]["executors"].items()
+            if "container" in ex}
 
 
 def _component(task: str) -> str:
-    """'evaluate-2' -> 'evaluate': the component behind a (numbered) executor."""
-    base, _, suffix = task.rpartition("-")
-    return base if suffix.isdigit() else task
+    """'evaluate-2' (or 'student-train-2-2') -> the component behind a (numbered) executor."""
+    return re.sub(r"(-\d+)+$", "", task)
 
 
 def _placement_only(k8s: dict) -> dict:
-    """The platform config of one executor without the pod labels (those are not placement)."""
-    return {k: v for k, v in k8s.items() if k != "podMetadata"}
+    """The platform config of one executor without the pod labels and Secret mounts (those are not placement)."""
+    return {k: v for k, v in k8s.items() if k not in ("podMetadata", "secretAsVolume")}
+
+
+def _tasks(spec: dict) -> dict:
+    """Every task of every (sub-)DAG by its name in that DAG (same-named tasks: the last one wins)."""
+    tasks = {}
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    tasks.update(spec["root"]["dag"]["tasks"])
+    return tasks
+
+
+def _dag_of(spec: dict, branch: str) -> dict:
+    """The tasks of the condition branch whose display name is ``branch`` (e.g. ``your-data``)."""
+    for comp in spec["components"].values():
+        for task in comp.get("dag", {}).get("tasks", {}).values():
+            if task["taskInfo"]["name"] == branch:
+                return spec["components"][task["componentRef"]["name"]]["dag"]["tasks"]
+    raise AssertionError(f"no branch {branch}")
 
 
 @pytest.fixture(scope="module", params=sorted(PIPELINES))
@@ -73,30 +99,34 @@ def test_exit_handler_wraps_the_dag_and_tears_the_teacher_down(compiled):
     assert set(root) == {"exit-handler-1", "teacher-teardown"}
     assert root["teacher-teardown"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert root["teacher-teardown"]["dependentTasks"] == ["exit-handler-1"]
-    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert "prepare-data" in inner and "student-train" in inner and "evaluate" in inner
+    tasks = _tasks(spec)
+    assert "prepare-data" in tasks and "student-train" in tasks and "evaluate" in tasks
     # The teardown derives the deployment name from the job id, like teacher-serve.
     job_id = root["teacher-teardown"]["inputs"]["parameters"]["job_id"]["runtimeValue"]["constant"]
     assert job_id == "{{$.pipeline_job_uuid}}"
 
 
+TEACHER_CALLERS = {"online-distillation": {"student-train", "evaluate"},
+                   "offline-distillation": {"pseudo-label", "evaluate"},
+                   "multi-teacher-distillation": {"pseudo-label", "evaluate"}}
+
+
 def test_only_tasks_that_call_the_teacher_are_labelled_as_students(compiled):
     """manifests/base's NetworkPolicy lets only crossdistill.dev/role=student pods reach the teacher."""
-    name, _, platform = compiled
-    labelled = {_component(ex.removeprefix("exec-")) for ex, cfg in platform.items()
+    name, spec, platform = compiled
+    labelled = {ex.removeprefix("exec-") for ex, cfg in platform.items()
                 if cfg.get("podMetadata", {}).get("labels", {}).get("crossdistill.dev/role") == "student"}
-    assert {"student-train", "evaluate"} <= labelled
-    if name == "offline-distillation":
-        assert "pseudo-label" in labelled
-    assert not labelled & {"train-teacher", "teacher-serve", "teacher-teardown", "prepare-data"}
+    assert {_component(t) for t in labelled} == TEACHER_CALLERS[name]
+    # A student trained on labels or stored soft labels never talks to the teacher: not labelled.
+    for task in _tasks(spec).values():
+        mode = task.get("inputs", {}).get("parameters", {}).get("mode", {}).get("runtimeValue", {}).get("constant")
+        if mode in ("hard", "offline"):
+            assert task["componentRef"]["name"].removeprefix("comp-") not in labelled, task["taskInfo"]
 
 
 def test_caching_and_retries(compiled):
     _, spec, _ = compiled
-    tasks = {}
-    for comp in spec["components"].values():
-        tasks.update(comp.get("dag", {}).get("tasks", {}))
-    tasks.update(spec["root"]["dag"]["tasks"])
+    tasks = _tasks(spec)
     assert tasks["teacher-teardown"]["cachingOptions"] == {}
     serve = next(t for n, t in tasks.items() if n.startswith("teacher-serve"))
     assert serve["cachingOptions"] == {}
@@ -109,14 +139,14 @@ def test_knobs_are_pipeline_parameters(compiled):
     name, spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     for knob in ("dataset", "student_labels", "teacher_backend", "student_epochs", "temperature",
-                 "student_config_json", "teacher_placement_json"):
+                 "student_config_json", "teacher_placement_json", "test_data_uri"):
         assert knob in params, f"{name} lacks parameter {knob}"
     assert params["dataset"]["defaultValue"] == "digits"
 
 
 def test_offline_labels_in_a_parallel_loop_collected_by_the_student(tmp_path):
     spec, _ = _compile("offline-distillation", tmp_path)
-    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    inner = spec["components"]["comp-distil-offline"]["dag"]["tasks"]
     shard_dag = spec["components"]["comp-label-shards"]["dag"]
     loop = shard_dag["tasks"]["for-loop-1"]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--shards"
@@ -196,3 +226,134 @@ def test_docker_runner_only_when_an_engine_answers():
         with pytest.raises(DockerUnavailableError, match="--runner subprocess"):
             make_runner("docker")
         assert why
+
+
+USER_URIS = {"online-distillation": {"teacher_model_uri", "student_data_uri", "test_data_uri"},
+             "offline-distillation": {"teacher_model_uri", "student_data_uri", "test_data_uri"},
+             "multi-teacher-distillation": {"val_data_uri", "unlabeled_data_uri", "test_data_uri"}}
+
+
+def test_user_teacher_and_data_come_in_through_importers(compiled):
+    """Empty URIs (the default) keep the demo path; set, they are imported and nothing is prepared or trained."""
+    name, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert all(params[p]["defaultValue"] == "" for p in USER_URIS[name])
+    yours = _dag_of(spec, "your-data")
+    assert "prepare-data" not in yours and "train-teacher" not in yours
+    imported = {t["taskInfo"]["name"]: t["inputs"]["parameters"]["uri"] for t in yours.values()
+                if t["componentRef"]["name"].startswith("comp-importer")}
+    wanted = {"import-test-data": "test_data_uri"} | (
+        {"import-val-data": "val_data_uri", "import-unlabeled-data": "unlabeled_data_uri"}
+        if name.startswith("multi") else {"import-student-data": "student_data_uri", "import-teacher": "teacher_model_uri"})
+    for task, param in wanted.items():
+        assert imported[task] == {"componentInputParameter": f"pipelinechannel--{param}"}
+    importers = {k: v["importer"] for k, v in spec["deploymentSpec"]["executors"].items() if "importer" in v}
+    assert {i["typeSchema"]["schemaTitle"] for i in importers.values()} == {"system.Dataset", "system.Model"}
+    demo = _dag_of(spec, "demo-data")
+    assert "prepare-data" in demo
+    condition = next(t for t in _tasks(spec).values() if t["taskInfo"]["name"] == "demo-data")["triggerPolicy"]
+    switch = "val_data_uri" if name.startswith("multi") else "student_data_uri"
+    assert condition["condition"] == f"inputs.parameter_values['pipelinechannel--{switch}'] == ''"
+
+
+def test_multi_teacher_imports_each_teachers_model_uri(tmp_path):
+    spec, _ = _compile("multi-teacher-distillation", tmp_path)
+    loop_comp = next(t["componentRef"]["name"] for t in _dag_of(spec, "your-data").values()
+                     if t["taskInfo"]["name"] == "each-teacher")
+    loop = spec["components"][loop_comp]["dag"]["tasks"]
+    [importer] = [t for t in loop.values() if t["taskInfo"]["name"] == "import-teacher"]
+    uri = importer["inputs"]["parameters"]["uri"]
+    assert uri["componentInputParameter"].startswith("pipelinechannel--teachers-loop-item")
+    assert uri.get("parameterExpressionSelector") == "parseJson(string_value)[\"model_uri\"]"
+
+
+SECRETS = {"auth_secret": "teacher-token", "tls_secret": "teacher-server-tls", "ca_secret": "teacher-ca"}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipelines_pass_secret_names_and_clients_mount_them(name, tmp_path):
+    placement = Placement.parse({"teacher_access": SECRETS})
+    spec, platform = _compile(name, tmp_path, placement)
+    # teacher-serve gets the server's Secrets by name, through its placement (TeacherServeConfig keys).
+    served = json.loads(spec["root"]["inputDefinitions"]["parameters"]["teacher_placement_json"]["defaultValue"])
+    assert served["auth_secret"] == "teacher-token" and served["tls_secret"] == "teacher-server-tls"
+    # Every task that calls the teacher mounts the token and the CA, never the server's key pair ...
+    callers = {ex for ex, cfg in platform.items()
+               if cfg.get("podMetadata", {}).get("labels", {}).get("crossdistill.dev/role") == "student"}
+    assert callers
+    for ex in callers:
+        mounts = {m["secretName"]: m["mountPath"] for m in platform[ex]["secretAsVolume"]}
+        assert mounts == {"teacher-token": "/var/run/secrets/crossdistill/teacher-auth",
+                          "teacher-ca": "/var/run/secrets/crossdistill/teacher-ca"}
+    # ... and nothing else mounts any Secret.
+    assert not [ex for ex, cfg in platform.items() if ex not in callers and cfg.get("secretAsVolume")]
+    # The callers are told where the files are.
+    told = [t for t in _tasks(spec).values() if "teacher_token_file" in t.get("inputs", {}).get("parameters", {})]
+    assert {t["componentRef"]["name"] for t in told} and all(
+        t["inputs"]["parameters"]["teacher_token_file"]["runtimeValue"]["constant"]
+        == "/var/run/secrets/crossdistill/teacher-auth/token"
+        and t["inputs"]["parameters"]["teacher_ca_file"]["runtimeValue"]["constant"]
+        == "/var/run/secrets/crossdistill/teacher-ca/ca.crt" for t in told)
+    assert {_component(t["componentRef"]["name"].removeprefix("comp-")) for t in told} == TEACHER_CALLERS[name]
+    # Without teacher_access nothing is mounted and no file is named.
+    spec, platform = _compile(name, tmp_path)
+    assert not any(cfg.get("secretAsVolume") for cfg in platform.values())
+    assert "teacher_token_file" not in json.dumps(spec["root"]) and "auth_secret" not in json.dumps(spec["root"])
+
+
+def test_run_local_refuses_unknown_or_incomplete_arguments(capsys):
+    assert pipeline_cli.main(["run-local", "online", "--set", "teacher_uri=/x/teacher.keras"]) == 1
+    err = capsys.readouterr().err
+    assert "has no parameter 'teacher_uri'" in err and "teacher_model_uri (default '')" in err
+    assert pipeline_cli.main(["run-local", "offline", "--set", "student_data_uri=/x/data"]) == 1
+    assert "teacher_model_uri, test_data_uri must be set too" in capsys.readouterr().err
+    assert pipeline_cli.main(["run-local", "multi-teacher", "--set", "val_data_uri=/v", "--set",
+                              "unlabeled_data_uri=/u", "--set", "test_data_uri=/t"]) == 1
+    assert "every item of teachers needs a model_uri" in capsys.readouterr().err
+
+
+def test_set_values_are_typed_as_the_pipeline_expects():
+    """--set parses YAML: a JSON parameter given a mapping gets it back as text, a float given an int a float."""
+    from crossdistill.pipelines.compile import build_pipeline
+    from crossdistill.pipelines.run_local import pipeline_arguments
+
+    args = pipeline_arguments("online", build_pipeline("online"), pipeline_cli.load_config_dict(
+        None, ["student_config_json={lr: 0.01}", "temperature=2", "student_epochs=3", "dataset=digits"]))
+    assert args == {"student_config_json": '{"lr": 0.01}', "temperature": 2.0, "student_epochs": 3,
+                    "dataset": "digits"}
+    assert isinstance(args["temperature"], float)
+
+
+PARAMETER_TYPES = {"String": "str", "Integer": "int", "Float": "float", "Boolean": "bool", "List": "list",
+                   "Struct": "dict"}
+
+
+def _type(spec, direction: str) -> str:
+    """A component input/output as its Python annotation: ``Input[List[Dataset]]``, ``str``, ..."""
+    if spec.type.startswith("system."):
+        cls = spec.type.removeprefix("system.").split("@")[0]
+        return f"`{direction}[List[{cls}]]`" if spec.is_artifact_list else f"`{direction}[{cls}]`"
+    inner = re.fullmatch(r"List\[(\w+)\]", spec.type)
+    return f"`list[{PARAMETER_TYPES[inner.group(1)]}]`" if inner else f"`{PARAMETER_TYPES[spec.type]}`"
+
+
+def readme_tables(name: str) -> str:
+    """The Inputs and Outputs tables a component's README must hold, from the component itself."""
+    spec = components.load(name).component_spec
+    lines = ["## Inputs", "", "| name | type | default |", "|---|---|---|"]
+    for key, inp in spec.inputs.items():
+        default = ("optional" if inp.type.startswith("system.") else f"`{inp.default!r}`") if inp.optional else "required"
+        lines.append(f"| `{key}` | {_type(inp, 'Input')} | {default} |")
+    lines += ["", "## Outputs", "", "| name | type |", "|---|---|"]
+    for key, out in (spec.outputs or {}).items():
+        lines.append(f"| `{key}` | {_type(out, 'Output')} |")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("name", sorted(components.COMPONENTS))
+def test_component_readme_states_the_real_types_and_the_installed_path(name):
+    folder = components.COMPONENTS[name][0]
+    readme = (components.COMPONENTS_DIR / folder / "README.md").read_text()
+    assert readme_tables(name) in readme, f"components/{folder}/README.md: Inputs/Outputs tables differ from:\n" + \
+        readme_tables(name)
+    assert f'load_component_from_file(str(yaml_path("{name}")))' in readme

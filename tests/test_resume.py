@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossdistill.data.shards import read_dataset, write_dataset
+from crossdistill.data.shards import DatasetReader, DatasetWriter, read_dataset, write_dataset
 from crossdistill.errors import ConfigError
 from crossdistill.train import StudentTrainConfig, load_student, train_student
 from crossdistill.train.checkpoint import list_checkpoints
@@ -23,16 +24,25 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def splits(soft_label_splits, tmp_path_factory):
-    """Digits student split and its dense soft labels; ``root`` is this module's own output dir."""
-    return {"student": soft_label_splits["student"], "soft": soft_label_splits["dense"],
-            "root": tmp_path_factory.mktemp("resume")}
+    """The digits student split and its dense soft labels rewritten as several shards of several row groups
+    (inputs and soft labels cut differently); ``root`` is this module's own output dir."""
+    root = tmp_path_factory.mktemp("resume")
+    student, soft = read_dataset(soft_label_splits["student"]), read_dataset(soft_label_splits["dense"])
+    return {"student": _write(root / "student", student, rows_per_shard=400, row_group_rows=90),
+            "soft": _write(root / "soft", soft, rows_per_shard=500, row_group_rows=250), "root": root}
+
+
+def _write(uri, data, rows_per_shard: int, row_group_rows: int) -> str:
+    with DatasetWriter(str(uri), data.meta, rows_per_shard=rows_per_shard, row_group_rows=row_group_rows) as w:
+        w.write(data.columns)
+    return str(uri)
 
 
 def _cfg(splits, out, **kw) -> StudentTrainConfig:
     base = dict(train_data=splits["student"], soft_labels=splits["soft"], out=str(out), mode="offline",
                 model={"name": "mlp", "kwargs": {"hidden": [32], "dropout": 0.2}}, epochs=3, batch_size=32,
                 lr=3e-3, schedule="onecycle", optimizer="adamw", weight_decay=1e-3, checkpoint_every=10,
-                keep_checkpoints=0, threads=1, progress=False, seed=7)
+                keep_checkpoints=0, threads=1, progress=False, seed=7, shuffle_buffer=200)
     base.update(kw)
     return StudentTrainConfig.parse(base)
 
@@ -105,24 +115,38 @@ def test_resume_false_starts_over_and_changed_config_is_refused(splits, tmp_path
     assert again.steps == 3
     with pytest.raises(ConfigError, match="batch_size"):
         train_student(_cfg(splits, tmp_path, batch_size=16))
+    with pytest.raises(ConfigError, match="shuffle_buffer"):
+        train_student(_cfg(splits, tmp_path, shuffle_buffer=100))
+    # the same rows at the same URI, cut into other row groups, stream in another order: refused too
+    data = read_dataset(splits["student"])
+    uri = _write(tmp_path / "data", data, rows_per_shard=400, row_group_rows=90)
+    train_student(_cfg(splits, tmp_path / "layout", train_data=uri, max_steps=3))
+    shutil.rmtree(uri)
+    _write(uri, data, rows_per_shard=10_000, row_group_rows=100)
+    with pytest.raises(ConfigError, match="cannot resume from .*: data changed"):
+        train_student(_cfg(splits, tmp_path / "layout", train_data=uri))
 
 
-_CHILD = """
-import json, sys
-from crossdistill.train import StudentTrainConfig, train_student
-train_student(StudentTrainConfig.parse(json.loads(sys.argv[1])))
-"""
+def test_the_data_is_several_row_groups_and_bigger_than_the_shuffle_buffer(splits):
+    inputs, soft = DatasetReader(splits["student"]), DatasetReader(splits["soft"])
+    assert len({f.shard for f in inputs.fragments}) >= 3 and len(inputs.fragments) >= 10
+    assert [f.num_rows for f in inputs.fragments] != [f.num_rows for f in soft.fragments]
+    assert inputs.num_examples > 4 * _cfg(splits, "x").shuffle_buffer
 
 
-def test_sigkill_after_first_checkpoint_then_resume(splits, tmp_path):
-    kw = dict(epochs=12, batch_size=16, checkpoint_every=5)
+def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(splits, tmp_path):
+    """`crossdistill student-train` killed by SIGKILL after some checkpoints, then run again to the end."""
+    kw = dict(epochs=12, batch_size=16, checkpoint_every=7, num_workers=1)
     cfg = _cfg(splits, tmp_path / "killed", **kw)
+    config = tmp_path / "student.json"
+    config.write_text(cfg.model_dump_json())
+    cli = [sys.executable, "-m", "crossdistill.cli", "student-train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, cfg.model_dump_json()], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    per_epoch = -(-len(DatasetReader(splits["student"])) // 16)
+    child = subprocess.Popen(cli, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not list_checkpoints(cfg.out):
+        while len(list_checkpoints(cfg.out)) < 3 or list_checkpoints(cfg.out)[-1][0] % per_epoch == 0:
             if child.poll() is not None:
                 pytest.fail(f"training child exited early: {child.stderr.read().decode()[-2000:]}")
             if time.monotonic() > deadline:
@@ -135,8 +159,13 @@ def test_sigkill_after_first_checkpoint_then_resume(splits, tmp_path):
     killed_at = list_checkpoints(cfg.out)[-1][0]
     assert not (tmp_path / "killed" / "model.pt").exists(), "the child finished before it was killed"
 
-    resumed = train_student(cfg)
+    # the rerun reads with no worker: the order does not depend on num_workers
+    rerun = subprocess.run([*cli, "num_workers=0"], env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     reference = train_student(_cfg(splits, tmp_path / "reference", **kw))
-    assert killed_at < resumed.steps
-    assert (resumed.steps, resumed.samples_seen) == (reference.steps, reference.samples_seen)
-    assert _same_weights(_weights(resumed.model_uri), _weights(reference.model_uri))
+    log = [json.loads(line) for line in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
+    assert killed_at < log[-1]["step"]
+    assert (log[-1]["step"], log[-1]["samples_seen"]) == (reference.steps, reference.samples_seen)
+    assert [{k: v for k, v in h.items() if k != "samples_per_s"} for h in log] == \
+        [{k: v for k, v in h.items() if k != "samples_per_s"} for h in reference.history]
+    assert _same_weights(_weights(str(tmp_path / "killed" / "model.pt")), _weights(reference.model_uri))

@@ -155,3 +155,37 @@ def test_input_of_the_wrong_shape_is_refused(four_formats):
     adapter = load_teacher(str(four_formats["dir"] / "m.onnx"))
     with pytest.raises(TeacherError, match=r"expects \[N, 1, 8, 8\]"):
         adapter.predict(np.zeros((2, 1, 7, 7), np.float32))
+
+
+def test_a_torchscript_archive_whose_input_shape_does_not_fit_is_one_line(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    path = tmp_path / "misfit.pt"
+    torch.jit.save(torch.jit.script(net), str(path),
+                   _extra_files={TORCHSCRIPT_META: json.dumps({"input_shape": [1, 7, 7], "num_classes": 10})})
+    with pytest.raises(ModelFormatError, match=r"misfit\.pt: a forward pass on 'input' of the recorded input_shape "
+                                               r"\[1, 1, 7, 7\] failed") as err:
+        load_teacher(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_truncated_model_file_is_one_line(four_formats, tmp_path):
+    whole = (four_formats["dir"] / "m.keras").read_bytes()
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelFormatError, match=r"cut\.keras: cannot load as a Keras \.keras model") as err:
+        load_teacher(str(cut))
+    assert "\n" not in str(err.value) and len(str(err.value)) < 500
+
+
+def test_an_inprocess_forward_that_fails_names_the_input(tmp_path, digits):
+    from crossdistill.teacher.client import TeacherClientConfig
+    from crossdistill.teacher.colocated import open_teacher
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(49, 10)).eval()  # expects 7x7 images
+    path = tmp_path / "no-meta.pt"
+    torch.jit.save(torch.jit.script(net), str(path))  # no recorded input shape: nothing to check up front
+    teacher = open_teacher(TeacherClientConfig(url=f"inprocess:{path}"))
+    with pytest.raises(ModelFormatError, match=r"no-meta\.pt: a forward pass on 'input' of shape \[4, 1, 8, 8\] "
+                                               r"failed") as err:
+        teacher.infer(digits.ids[:4], digits["x"][:4])
+    assert "\n" not in str(err.value)

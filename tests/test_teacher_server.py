@@ -87,10 +87,10 @@ def test_metadata_describes_the_model_but_not_its_weights(served_keras_teacher, 
 
 def test_unknown_layer_and_wrong_shape_are_clear_errors(served_keras_teacher, digits):
     with _client(served_keras_teacher, layers=["nope"]) as client:
-        with pytest.raises(TeacherError, match=r"INVALID_ARGUMENT.*unknown layer\(s\) \['nope'\]"):
+        with pytest.raises(TeacherError, match=r"INVALID_ARGUMENT.*layer 'nope' is not exposed by this teacher"):
             client.infer(digits.ids[:2], digits["x"][:2])
     with _client(served_keras_teacher) as client:
-        with pytest.raises(TeacherError, match=r"input 'input' has shape \[2, 1, 4, 16\], expected \[B, 1, 8, 8\]"):
+        with pytest.raises(TeacherError, match=r"input 'input' has shape \[2, 1, 4, 16\], expected FP32 \[B, 1, 8, 8\]"):
             client.infer(digits.ids[:2], digits["x"][:2].reshape(2, 1, 4, 16))
 
 
@@ -152,7 +152,7 @@ def test_deploy_dispatch_and_teardown(tmp_path, digits):
     endpoint = deploy_teacher(cfg)
     try:
         assert endpoint.backend == "local" and (tmp_path / "dispatch-test.pid").exists()
-        with TeacherClient(TeacherClientConfig(url=endpoint.grpc, retries=0, timeout_s=30)) as client:
+        with TeacherClient(TeacherClientConfig(url=endpoint.grpc, timeout_s=30)) as client:
             assert client.metadata()["num_parameters"] == 640
             assert client.infer(digits.ids[:3], digits["x"][:3]).logits.shape == (3, 10)
     finally:
@@ -160,7 +160,7 @@ def test_deploy_dispatch_and_teardown(tmp_path, digits):
     assert stopped is True
     assert not (tmp_path / "dispatch-test.pid").exists()
     assert teardown_teacher(cfg) is False
-    with TeacherClient(TeacherClientConfig(url=endpoint.grpc, retries=0, timeout_s=2, deadline_s=2)) as client:
+    with TeacherClient(TeacherClientConfig(url=endpoint.grpc, timeout_s=2, deadline_s=2)) as client:
         with pytest.raises(TeacherUnavailableError):
             client.infer(digits.ids[:3], digits["x"][:3])
 
@@ -169,7 +169,35 @@ def test_deploy_of_a_broken_model_reports_the_log_tail(tmp_path):
     bogus = tmp_path / "teacher.onnx"
     bogus.write_text("not a model")
     cfg = TeacherServeConfig(model_uri=str(bogus), name="broken", workdir=str(tmp_path), ready_timeout_s=120)
-    with pytest.raises(TeacherError, match=r"exited with code 1 before it was ready(.|\n)*ModelFormatError"):
+    with pytest.raises(TeacherError, match=r"exited with code 1 before it was ready") as err:
         deploy(cfg)
+    last = str(err.value).splitlines()[-1]
+    assert last.startswith("teacher-serve failed: ModelFormatError:") and str(bogus) in last
+    assert "Traceback" not in str(err.value)
     assert not (tmp_path / "broken.pid").exists()
     assert teardown(cfg) is False
+
+
+def test_a_teacher_that_cannot_load_is_one_line_naming_the_file_and_tensor(tmp_path):
+    import torch
+
+    from crossdistill.teacher.adapters import TORCHSCRIPT_META
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 10))  # wants 100 features, not 64
+    path = tmp_path / "mismatch.pt"
+    torch.jit.save(torch.jit.script(net), str(path),
+                   _extra_files={TORCHSCRIPT_META: json.dumps({"input_shape": [1, 8, 8], "num_classes": 10})})
+    cfg = TeacherServeConfig(model_uri=str(path), name="mismatch", workdir=str(tmp_path), ready_timeout_s=120)
+    with pytest.raises(TeacherError) as err:
+        deploy(cfg)
+    last = str(err.value).splitlines()[-1]
+    assert last.startswith("teacher-serve failed: ModelFormatError:") and "Traceback" not in str(err.value)
+    assert str(path) in last and "forward pass on 'input'" in last and "[1, 1, 8, 8]" in last
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    cfg = TeacherServeConfig(model_uri=str(tmp_path / "tiny.onnx"), name="no-layer", workdir=str(tmp_path),
+                             expose_layers=["secret"], class_names=["a", "b"], ready_timeout_s=120)
+    with pytest.raises(TeacherError, match=r"expose_layers: the teacher .*tiny.onnx has no layer\(s\) \['secret'\]"):
+        deploy(cfg)
+    cfg = cfg.model_copy(update={"expose_layers": [], "name": "few-names"})
+    with pytest.raises(TeacherError, match=r"class_names in the config has 2 class names but the model .* has 10"):
+        deploy(cfg)

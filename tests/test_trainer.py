@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossdistill.data.shards import Dataset, read_dataset, write_dataset
+from crossdistill.data.shards import Dataset, DatasetWriter, read_dataset, write_dataset
 from crossdistill.errors import ConfigError, DataError, ModelFormatError, TeacherResponseError
 from crossdistill.train import (
     ModelSpec,
@@ -39,6 +39,13 @@ def accuracy(model_uri: str, test_uri: str) -> float:
     return float((pred == test["y"]).mean())
 
 
+def _write(uri, data: Dataset, rows_per_shard: int, row_group_rows: int) -> str:
+    """``data`` written in shards of ``rows_per_shard`` rows and row groups of ``row_group_rows``."""
+    with DatasetWriter(str(uri), data.meta, rows_per_shard=rows_per_shard, row_group_rows=row_group_rows) as w:
+        w.write(data.columns)
+    return str(uri)
+
+
 def _cfg(splits, out, **kw) -> StudentTrainConfig:
     base = dict(train_data=splits["student"], soft_labels=splits["dense"], out=str(out), mode="offline",
                 epochs=15, batch_size=32, lr=3e-3, temperature=2.0, threads=1, progress=False)
@@ -64,8 +71,14 @@ def test_offline_kd_beats_hard_label_baseline(splits, tmp_path):
 
 
 def test_offline_topk_with_cnn_and_unlabeled_only_data(splits, tmp_path, caplog):
-    # the 'unlabeled' split has no y column at all: only the soft term trains the student
-    cfg = _cfg(splits, tmp_path, train_data=splits["unlabeled"], soft_labels=splits["topk"],
+    # the 'unlabeled' split has no y column at all: only the soft term trains the student; its top-k soft
+    # labels come in the same row order, over more shards and row groups than the inputs
+    unlabeled, topk = read_dataset(splits["unlabeled"]), read_dataset(splits["topk"])
+    assert "y" not in unlabeled
+    rows = np.searchsorted(topk.ids, unlabeled.ids, sorter=np.argsort(topk.ids))
+    rows = np.argsort(topk.ids)[rows]
+    soft = _write(tmp_path / "soft", topk.take(rows), rows_per_shard=400, row_group_rows=150)
+    cfg = _cfg(splits, tmp_path, train_data=splits["unlabeled"], soft_labels=soft,
                model={"name": "cnn", "kwargs": {"channels": [8, 16]}}, epochs=8, schedule="cosine")
     with caplog.at_level("WARNING"):
         result = train_student(cfg)
@@ -107,20 +120,64 @@ def test_offline_feature_distillation_from_a_hidden_layer(splits, tmp_path):
                            features=[{"student": "9", "teacher": "hidden"}]))
 
 
-def test_missing_soft_labels_name_count_and_dataset(splits, tmp_path):
-    student = splits["student_ds"]
-    part = write_dataset(str(tmp_path / "part"), Dataset(
-        {"id": student.ids[5:], "logits": np.zeros((len(student) - 5, 10), np.float32)}, {"num_classes": 10}))
-    with pytest.raises(DataError, match=rf"5 of {len(student)} examples of .*student have no soft label"):
-        train_student(_cfg(splits, tmp_path / "run", soft_labels=part))
+def test_soft_labels_are_read_in_step_and_a_mismatch_is_named(splits, tmp_path):
+    student, dense = splits["student_ds"], read_dataset(splits["dense"])
+    n = len(student)
+    short = write_dataset(str(tmp_path / "short"), dense.take(np.arange(5, n)))
+    with pytest.raises(DataError, match=rf"short has {n - 5} rows but .*student has {n}"):
+        train_student(_cfg(splits, tmp_path / "run", soft_labels=short))
+    swapped = np.arange(n)
+    swapped[[700, 701]] = [701, 700]  # two rows out of order, deep inside the second row group
+    shuffled = _write(tmp_path / "shuffled", dense.take(swapped), rows_per_shard=n, row_group_rows=300)
+    with pytest.raises(DataError, match=rf"shuffled: row 700 has id {student.ids[701]} but row 700 of .*student "
+                                        rf"has id {student.ids[700]}"):
+        train_student(_cfg(splits, tmp_path / "run2", soft_labels=shuffled))
 
 
-def test_teacher_width_mismatch_is_an_error(splits, tmp_path):
-    student = splits["student_ds"]
+def test_a_soft_label_set_that_carries_its_inputs_trains_alone(splits, tmp_path):
+    """An assembled multi-teacher set (inputs, logits, weight; fewer rows than the pool) is its own train_data."""
+    student, dense = splits["student_ds"], read_dataset(splits["dense"])
+    keep = np.flatnonzero(np.arange(len(student)) % 4 != 0)
+    both = write_dataset(str(tmp_path / "set"), Dataset(
+        {"id": student.ids[keep], "x": student["x"][keep], "logits": dense["logits"][keep],
+         "weight": np.ones(len(keep), np.float32)}, {"class_names": [str(c) for c in range(10)]}), num_shards=3)
+    result = train_student(_cfg(splits, tmp_path / "run", train_data=both, soft_labels=both, epochs=10))
+    assert result.samples_seen == 10 * len(keep)
+    assert accuracy(result.model_uri, splits["test"]) > 0.85
+
+
+def test_soft_label_classes_are_mapped_by_name_or_refused(splits, tmp_path):
+    dense = read_dataset(splits["dense"])
+    names = [str(c) for c in range(10)]
+    kw = dict(epochs=2, hard_weight=0.0)
+    plain = train_student(_cfg(splits, tmp_path / "plain", **kw))
+    # the same teacher declaring its classes in reverse order, with its columns reversed to match
+    reverse = write_dataset(str(tmp_path / "reverse"), Dataset(
+        {"id": dense.ids, "logits": dense["logits"][:, ::-1].copy()}, {**dense.meta, "class_names": names[::-1]}))
+    mapped = train_student(_cfg(splits, tmp_path / "mapped", soft_labels=reverse, **kw))
+    assert mapped.history == [{**h, "samples_per_s": m["samples_per_s"]} for h, m in zip(plain.history,
+                                                                                       mapped.history, strict=True)]
+    other = write_dataset(str(tmp_path / "other"), Dataset(
+        {"id": dense.ids, "logits": dense["logits"]}, {**dense.meta, "class_names": [*names[:9], "ten"]}))
+    with pytest.raises(DataError, match=r"teacher's classes \['0', .*'ten'\] do not match the data's classes "
+                                        r"\['0', .*'9'\] \(only in data: \['9'\]; only in teacher: \['ten'\]\)"):
+        train_student(_cfg(splits, tmp_path / "run", soft_labels=other))
     wide = write_dataset(str(tmp_path / "wide"), Dataset(
-        {"id": student.ids, "logits": np.zeros((len(student), 12), np.float32)}, {"num_classes": 12}))
-    with pytest.raises(DataError, match="width .*12.* student has 10 classes"):
+        {"id": dense.ids, "logits": np.zeros((len(dense), 12), np.float32)}, {"num_classes": 12}))
+    with pytest.raises(DataError, match="the teacher has 12 outputs, the data has 10 classes"):
         train_student(_cfg(splits, tmp_path / "run", soft_labels=wide))
+
+
+def test_each_loss_term_is_logged(splits, tmp_path):
+    result = train_student(_cfg(splits, tmp_path, epochs=2, log_every=5, soft_weight=0.7, hard_weight=0.3))
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert log == result.history and len(log) > 2
+    for entry in log:
+        assert {"loss", "loss/soft", "loss/hard", "lr", "samples_per_s"} <= set(entry)
+        assert entry["loss"] == pytest.approx(0.7 * entry["loss/soft"] + 0.3 * entry["loss/hard"], rel=1e-5)
+    assert log[-1]["loss/soft"] < log[0]["loss/soft"]
+    hard = train_student(_cfg(splits, tmp_path / "hard", mode="hard", soft_labels=None, epochs=2))
+    assert set(hard.history[0]) == {"step", "epoch", "samples_seen", "loss", "loss/hard", "lr", "samples_per_s"}
 
 
 def test_nan_loss_stops_with_a_clear_error(splits, tmp_path):
@@ -196,11 +253,13 @@ def test_online_topk_teacher(splits, served_keras_teacher, tmp_path):
     assert accuracy(result.model_uri, splits["test"]) > 0.8
 
 
-def test_online_teacher_width_mismatch(splits, served_keras_teacher, tmp_path):
+def test_online_teacher_and_data_label_spaces_must_agree(splits, served_keras_teacher, tmp_path):
     student = read_dataset(splits["student"])
-    twelve = write_dataset(str(tmp_path / "twelve"), Dataset(student.columns, {**student.meta, "num_classes": 12}))
-    with pytest.raises(TeacherResponseError, match=r"shape \(32, 10\), the student has 12 classes"):
+    names = [f"c{i}" for i in range(12)]
+    twelve = write_dataset(str(tmp_path / "twelve"), Dataset(student.columns, {"class_names": names}))
+    with pytest.raises(DataError, match=r"the teacher has 10 outputs, the data has 12 classes \['c0', .*'c11'\]"):
         train_student(_online(splits, served_keras_teacher, tmp_path / "run", train_data=twelve))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training step
 
 
 def test_online_feature_distillation_requests_teacher_layers(splits, served_keras_teacher, tmp_path):
@@ -211,13 +270,14 @@ def test_online_feature_distillation_requests_teacher_layers(splits, served_kera
 
 
 def test_teacher_failure_mid_run_keeps_progress_in_a_checkpoint(splits, quirky_teacher, tmp_path):
+    from crossdistill.data.stream import BatchStream
     from crossdistill.train.checkpoint import list_checkpoints
-    from crossdistill.train.trainer import _epoch_order
 
     student = read_dataset(splits["student"])
     x = student["x"].copy()
     # the quirky teacher answers NaN logits for a batch whose first row starts with -1: batch 6 of epoch 0
-    x[_epoch_order(0, 0, len(student))[6 * 32], 0, 0, 0] = -1.0
+    order = BatchStream(splits["student"], batch_size=32, seed=0, shuffle_buffer=10_000, num_classes=10)
+    x[list(order.batch_keys(0))[6][0], 0, 0, 0] = -1.0
     poisoned = write_dataset(str(tmp_path / "poisoned"), student.with_columns(x=x))
     cfg = _online(splits, quirky_teacher["endpoint"], tmp_path / "run", train_data=poisoned)
     with pytest.raises(TeacherResponseError, match="NaN"):

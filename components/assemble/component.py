@@ -1,9 +1,10 @@
 """assemble: combine the teachers' labels of the unlabeled set into one soft-label distillation set (multi-teacher)."""
 
 
-from components._common import CPU, image
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from crossdistill.components._common import CPU, image
 
 
 @dsl.component(base_image=image(CPU), install_kfp_package=False)

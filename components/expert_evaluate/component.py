@@ -1,9 +1,10 @@
 """expert-evaluate: find, for each label, the teachers that are experts on it (multi-teacher)."""
 
 
-from components._common import CPU, image
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
+
+from crossdistill.components._common import CPU, image
 
 
 @dsl.component(base_image=image(CPU), install_kfp_package=False)

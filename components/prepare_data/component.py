@@ -1,8 +1,9 @@
 """prepare-data: split a demo dataset into typed Dataset artifacts (teacher train, val, test, student, unlabeled)."""
 
-from components._common import CPU, image
 from kfp import dsl
 from kfp.dsl import Dataset, Output
+
+from crossdistill.components._common import CPU, image
 
 
 @dsl.component(base_image=image(CPU), install_kfp_package=False)

@@ -1,9 +1,10 @@
 """student-train: train the PyTorch student online (teacher endpoint), offline (soft labels) or on hard labels."""
 
 
-from components._common import STUDENT, image
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from crossdistill.components._common import STUDENT, image
 
 
 @dsl.component(base_image=image(STUDENT), install_kfp_package=False)
@@ -13,6 +14,8 @@ def student_train(
     metrics: Output[Metrics],
     mode: str = "online",
     teacher_endpoint: str = "",
+    teacher_token_file: str = "",
+    teacher_ca_file: str = "",
     soft_labels: Input[list[Dataset]] = None,
     soft_label_set: Input[Dataset] = None,
     student_model: str = "mlp",
@@ -29,6 +32,8 @@ def student_train(
     ``soft_label_set`` (the multi-teacher assembled set), ``hard`` uses the labels alone. Checkpoints go to
     ``<model>/checkpoints`` and training resumes from them, so a retried task continues where the
     failed one stopped wherever the output path survives a retry (FUSE-mounted object storage).
+    ``teacher_token_file`` / ``teacher_ca_file`` (paths of the pipeline's mounted Secrets, empty = none)
+    become the teacher client's ``token_file`` and ``tls.ca_file``.
     ``config_json`` holds any other StudentTrainConfig key; the explicit parameters win over it.
     """
     import os
@@ -37,13 +42,15 @@ def student_train(
     from crossdistill.errors import ConfigError
     from crossdistill.train.trainer import StudentTrainConfig, train_student
 
+    auth = {**({"token_file": teacher_token_file} if teacher_token_file else {}),
+            **({"tls": {"ca_file": teacher_ca_file}} if teacher_ca_file else {})}
     data = {"train_data": train_data.path, "out": model.path, "mode": mode, "epochs": epochs,
             "temperature": temperature, "seed": seed, "threads": threads, "resume": True, "progress": False,
             "model": {"name": student_model}}
     if mode == "online":
         if not teacher_endpoint:
             raise ConfigError("student-train: mode=online needs teacher_endpoint (gRPC host:port of teacher-serve)")
-        data["teacher"] = {"url": teacher_endpoint}
+        data["teacher"] = {"url": teacher_endpoint, **auth}
     if mode == "offline":
         paths = [a.path for a in (soft_labels or [])] + ([soft_label_set.path] if soft_label_set else [])
         if not paths:

@@ -2,9 +2,10 @@
 
 from typing import NamedTuple
 
-from components._common import TEACHER, image
 from kfp import dsl
 from kfp.dsl import Input, Model
+
+from crossdistill.components._common import TEACHER, image
 
 
 @dsl.component(base_image=image(TEACHER), install_kfp_package=False)
@@ -25,7 +26,9 @@ def teacher_serve(
     for kfp.local), ``kubernetes`` (Deployment + Service) and ``kserve`` (InferenceService); the
     last two read the model from ``model.uri`` (object storage), the local one from ``model.path``.
     ``placement_json`` (resources, node_selector, tolerations of the server pod) comes from the
-    pipeline's placement; ``config_json`` holds any other TeacherServeConfig key and wins over it.
+    pipeline's placement; ``config_json`` holds any other TeacherServeConfig key and wins over it,
+    e.g. ``expose_layers`` (none by default) and, for a teacher served to another party, the names
+    (never the values) of the Secrets holding its token and TLS files: ``auth_secret``, ``tls_secret``.
     """
     import hashlib
     import os

@@ -2,9 +2,10 @@
 
 from typing import NamedTuple
 
-from components._common import TEACHER, image
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from crossdistill.components._common import TEACHER, image
 
 
 @dsl.component(base_image=image(TEACHER), install_kfp_package=False)

@@ -1,9 +1,10 @@
 """trust-model-train: learn, per teacher, when its answer can be trusted (multi-teacher)."""
 
 
-from components._common import CPU, image
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from crossdistill.components._common import CPU, image
 
 
 @dsl.component(base_image=image(CPU), install_kfp_package=False)

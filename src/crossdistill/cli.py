@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel
 
 from crossdistill.config import StrictConfig, load_config, to_json
 from crossdistill.errors import CrossdistillError
@@ -26,13 +29,16 @@ class Step:
 
 
 STEPS: dict[str, Step] = {
+    "import-data": Step("crossdistill.data.importing", "ImportDataConfig", "import_data",
+                        "import your own data (Parquet, CSV, JSON Lines, npy/npz, image folder, WebDataset, "
+                        "HF dataset) as a crossdistill dataset"),
     "prepare-data": Step("crossdistill.data.splits", "PrepareDataConfig", "prepare_data",
                          "split digits / Fashion-MNIST into train, val, test, student (few labels), unlabeled"),
     "train-teacher": Step("crossdistill.teacher.train_keras", "TeacherTrainConfig", "train_keras_teacher",
                           "train the demo Keras teacher (the teacher owner's side)"),
     "teacher-serve": Step("crossdistill.deploy.serve", "TeacherServeConfig", "deploy_teacher",
                           "serve a teacher over the Open Inference Protocol (local process, Kubernetes or KServe)"),
-    "teacher-teardown": Step("crossdistill.deploy.serve", "TeacherServeConfig", "teardown_teacher",
+    "teacher-teardown": Step("crossdistill.deploy.serve", "TeacherTeardownConfig", "teardown_teacher",
                              "remove a served teacher"),
     "pseudo-label": Step("crossdistill.teacher.pseudo_label", "PseudoLabelConfig", "run_pseudo_label",
                          "label a dataset (or one shard of it) with the teacher's soft outputs"),
@@ -54,7 +60,7 @@ STEPS: dict[str, Step] = {
 
 
 # Steps that print their own table and write their results to files: no JSON dump after them.
-SELF_REPORTING = {"demo", "multi-teacher"}
+SELF_REPORTING = {"demo", "multi-teacher", "import-data"}
 
 
 def resolve(step: str) -> tuple[type[StrictConfig], Any]:
@@ -73,16 +79,40 @@ def run_step(step: str, config: dict[str, Any] | str | None = None, overrides: l
     return function(cfg)
 
 
-def _describe_fields(schema: type[StrictConfig], prefix: str = "") -> list[str]:
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The pydantic model a field holds (``M``, ``M | None``, ``list[M]``, ``dict[str, M]``) and the key
+    suffix its items take (``""``, ``"[]"`` for a list, ``"{}"`` for a dict); (None, "") for anything else."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (list, tuple, set, frozenset) and args:
+        model, _ = _nested_model(args[0])
+        return model, "[]" if model else ""
+    if origin is dict and len(args) == 2:
+        model, _ = _nested_model(args[1])
+        return model, "{}" if model else ""
+    models = [m for m in (_nested_model(a) for a in args if a is not type(None)) if m[0]]
+    return models[0] if len(models) == 1 else (None, "")
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not get_args(annotation):
+        return annotation.__name__
+    return re.sub(r"\b(?:typing|[a-z_]+(?:\.[a-z_]+)*)\.(?=[A-Za-z])", "", repr(annotation)).replace("NoneType", "None")
+
+
+def describe_schema(schema: type[BaseModel], prefix: str = "", _seen: tuple[type, ...] = ()) -> list[str]:
+    """One line per option of ``schema``: dotted key, type, default and description, nested models
+    included (``teacher.url``; ``teachers[].client.url`` for a list of models, ``baselines{}`` for a dict)."""
     lines = []
     for name, field in schema.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, StrictConfig):
-            lines.extend(_describe_fields(ann, f"{prefix}{name}."))
-            continue
+        key = f"{prefix}{name}"
         default = "(required)" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
         desc = f"  {field.description}" if field.description else ""
-        lines.append(f"  {prefix}{name} {default}{desc}")
+        lines.append(f"  {key}: {_type_name(field.annotation)} {default}{desc}")
+        model, suffix = _nested_model(field.annotation)
+        if model is not None and model not in _seen:
+            lines.extend(describe_schema(model, f"{key}{suffix}.", (*_seen, schema)))
     return lines
 
 
@@ -133,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         schema, function = resolve(args.step)
         if args.show_schema:
             print(f"{args.step} options ({schema.__name__}):")
-            print("\n".join(_describe_fields(schema)))
+            print("\n".join(describe_schema(schema)))
             return 0
         overrides = list(args.overrides) + ([f"out={args.out_override}"] if args.out_override else [])
         cfg = load_config(schema, args.config, overrides)
@@ -147,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"crossdistill {args.step}: interrupted", file=sys.stderr)
         return 130
-    if result is not None and args.step not in SELF_REPORTING:
+    if args.step == "evaluate":  # a short table and the report's path; metrics.json holds the rest
+        from crossdistill.evaluate.summary import terminal_summary
+
+        print(terminal_summary(result))
+    elif hasattr(result, "summary"):  # results that say themselves in a few lines (files hold the rest)
+        print(result.summary())
+    elif result is not None and args.step not in SELF_REPORTING:
         print(json.dumps(_jsonable(result), indent=2, default=str))
     return 0
 

@@ -94,10 +94,7 @@ def _collect(rows: dict[str, list[dict[str, Any]]], metrics: dict[str, Any]) -> 
 
 def _run_pipeline(cfg: DemoConfig) -> tuple[dict[str, list[dict[str, Any]]], str]:
     """The online-distillation pipeline through kfp.local, once per seed, with its baseline branch on."""
-    from crossdistill.pipeline_cli import import_checkout
-
-    import_checkout()
-    from pipelines.run_local import run_local
+    from crossdistill.pipelines.run_local import run_local
 
     rows: dict[str, list[dict[str, Any]]] = {}
     report = ""

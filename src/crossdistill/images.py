@@ -1,7 +1,7 @@
 """Container image references, read from ``images/images.yaml`` (the one place names and tags live).
 
 ``image_for(role)`` gives the full reference for ``teacher``, ``teacher-tpu``, ``student`` or ``cpu``.
-The file is looked up as ``$CROSSDISTILL_IMAGES_FILE``, then as package data (``crossdistill/images.yaml``
+The file is looked up as ``$CROSSDISTILL_IMAGES_FILE``, then as package data (``crossdistill/image_files/images.yaml``
 in an installed wheel), then in the source checkout (``<repo>/images/images.yaml``). The images set
 ``CROSSDISTILL_IMAGES_FILE`` themselves, so code inside a container resolves the same references.
 """
@@ -48,8 +48,11 @@ def images_file() -> Path:
         if not path.is_file():
             raise ConfigError(f"{ENV_FILE}={env}: no such file (expected an images.yaml)")
         return path
-    packaged = resources.files("crossdistill").joinpath("images.yaml")
-    if packaged.is_file():
+    try:
+        packaged = resources.files("crossdistill.image_files").joinpath("images.yaml")
+    except ModuleNotFoundError:  # an editable install made before images.yaml was package data
+        packaged = None
+    if packaged is not None and packaged.is_file():
         return Path(str(packaged))
     checkout = Path(__file__).resolve().parents[2] / "images" / "images.yaml"
     if checkout.is_file():

@@ -1,8 +1,7 @@
-"""`crossdistill pipeline ...`: compile, upload, run-local and list the Kubeflow pipelines.
+"""`crossdistill pipeline ...`: compile, upload, submit, run-local and list the Kubeflow pipelines.
 
-The pipelines and components live in the source checkout (``pipelines/``, ``components/``), next
-to ``src/``; this module finds that checkout (the current directory or the one this package was
-installed from in editable mode) and puts it on ``sys.path``.
+The pipelines and components ship inside the distribution (``crossdistill.pipelines``,
+``crossdistill.components``), so this works from any folder once ``crossdistill[kfp]`` is installed.
 """
 
 from __future__ import annotations
@@ -17,24 +16,8 @@ from crossdistill.config import load_config
 from crossdistill.errors import ConfigError, CrossdistillError
 
 
-def repo_root() -> Path:
-    """The checkout holding ``pipelines/`` and ``components/``; ConfigError when there is none."""
-    for candidate in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]):
-        if (candidate / "pipelines" / "compile.py").is_file() and (candidate / "components").is_dir():
-            return candidate
-    raise ConfigError("crossdistill pipeline: run it from the crossdistill checkout "
-                      "(no pipelines/compile.py here or above, nor next to the installed package)")
-
-
-def import_checkout() -> Path:
-    root = repo_root()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return root
-
-
 def _placement(args: argparse.Namespace) -> Any:
-    from pipelines.placement import Placement
+    from crossdistill.pipelines.placement import Placement
 
     placement = load_config(Placement, args.placement, args.overrides)
     if args.cpu:
@@ -42,28 +25,42 @@ def _placement(args: argparse.Namespace) -> Any:
     return placement
 
 
+def _out_dir(args: argparse.Namespace) -> Path:
+    from crossdistill.pipelines.compile import default_out_dir
+
+    return Path(args.out_dir) if args.out_dir else default_out_dir()
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
-    root = import_checkout()
-    import components
-    from pipelines.compile import PIPELINES, compile_component, compile_pipeline, resolve_name
+    from crossdistill import components
+    from crossdistill.pipelines.compile import (
+        PIPELINES,
+        compile_component,
+        compile_pipeline,
+        in_checkout,
+        resolve_name,
+    )
 
     placement = _placement(args)
-    out_dir = Path(args.out_dir) if args.out_dir else root / "pipelines" / "compiled"
+    out_dir = _out_dir(args)
     names = [resolve_name(n) for n in args.names] or list(PIPELINES)
     for name in names:
         print(f"pipeline  {name:<28} -> {compile_pipeline(name, out_dir / f'{name}.yaml', placement)}")
-    if not args.no_components:
-        for name in components.COMPONENTS:
-            print(f"component {name:<28} -> {compile_component(name)}")
+    if args.no_components:
+        return 0
+    if not in_checkout():
+        print(f"components: compiled in the installed package ({components.COMPONENTS_DIR}/<name>/component.yaml)")
+        return 0
+    for name in components.COMPONENTS:
+        print(f"component {name:<28} -> {compile_component(name)}")
     return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    root = import_checkout()
-    from pipelines.compile import PIPELINES, resolve_name
-    from pipelines.upload import client_from_env, upload
+    from crossdistill.pipelines.compile import PIPELINES, resolve_name
+    from crossdistill.pipelines.upload import client_from_env, upload
 
-    out_dir = Path(args.out_dir) if args.out_dir else root / "pipelines" / "compiled"
+    out_dir = _out_dir(args)
     names = [resolve_name(n) for n in args.names] or list(PIPELINES)
     missing = [n for n in names if not (out_dir / f"{n}.yaml").is_file()]
     if missing:
@@ -75,15 +72,15 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    root = import_checkout()
-    from pipelines.compile import resolve_name
-    from pipelines.upload import client_from_env, submit
+    from crossdistill.pipelines.compile import build_pipeline, resolve_name
+    from crossdistill.pipelines.run_local import pipeline_arguments
+    from crossdistill.pipelines.upload import client_from_env, submit
 
     name = resolve_name(args.name)
-    package = (Path(args.out_dir) if args.out_dir else root / "pipelines" / "compiled") / f"{name}.yaml"
+    package = _out_dir(args) / f"{name}.yaml"
     if not package.is_file():
         raise ConfigError(f"not compiled yet: {package}; run `crossdistill pipeline compile`")
-    arguments = load_config_dict(args.params, args.overrides)
+    arguments = pipeline_arguments(name, build_pipeline(name), load_config_dict(args.params, args.overrides))
     client = client_from_env()
     print(json.dumps(submit(client, package, arguments, experiment=args.experiment, run_name=args.run_name,
                             service_account=args.service_account)))
@@ -91,8 +88,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
-    import_checkout()
-    from pipelines.run_local import run_local
+    from crossdistill.pipelines.run_local import run_local
 
     run_local(args.name, load_config_dict(args.params, args.overrides), runner=args.runner, pipeline_root=args.pipeline_root,
               enable_caching=args.cache)
@@ -116,9 +112,8 @@ def load_config_dict(path: str | None, overrides: list[str]) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import_checkout()
-    import components
-    from pipelines.compile import PIPELINES, build_pipeline
+    from crossdistill import components
+    from crossdistill.pipelines.compile import PIPELINES, build_pipeline
 
     for name in PIPELINES:
         pipeline = build_pipeline(name)
@@ -129,6 +124,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPILED_HELP = "pipelines/compiled in the source checkout, else ./compiled"
+
+
 def add_pipeline_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``pipeline`` command (compile, upload, submit, run-local, list) to ``subparsers``."""
     p = subparsers.add_parser("pipeline", help="compile, upload or run the Kubeflow pipelines",
@@ -137,17 +135,19 @@ def add_pipeline_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="pipelines -> pipelines/compiled/*.yaml, components -> component.yaml")
     c.add_argument("names", nargs="*", help="pipelines to compile (default: all)")
-    c.add_argument("--out-dir", help="where pipeline YAMLs go (default: pipelines/compiled)")
-    c.add_argument("--placement", help="YAML/JSON with node-pool placement (pipelines.placement.Placement)")
+    c.add_argument("--out-dir", help=f"where pipeline YAMLs go (default: {COMPILED_HELP})")
+    c.add_argument("--placement", help="YAML/JSON with node-pool placement and the teacher's Secrets "
+                                       "(crossdistill.pipelines.placement.Placement)")
     c.add_argument("--cpu", action="store_true", help="every task on CPU: no TPU/GPU asks, selectors, tolerations")
     c.add_argument("--no-components", action="store_true", help="skip the components' component.yaml")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="placement override, e.g. --set teacher.tpu_topology=2x4")
+                   help="placement override, e.g. --set teacher.tpu_topology=2x4 "
+                        "--set teacher_access.auth_secret=teacher-token")
     c.set_defaults(func=cmd_compile)
 
     u = sub.add_parser("upload", help="upload compiled pipelines (KFP_HOST, KFP_NAMESPACE, KFP_TOKEN)")
     u.add_argument("names", nargs="*", help="pipelines to upload (default: all)")
-    u.add_argument("--out-dir", help="where the compiled YAMLs are (default: pipelines/compiled)")
+    u.add_argument("--out-dir", help=f"where the compiled YAMLs are (default: {COMPILED_HELP})")
     u.add_argument("--version", help="version name when the pipeline exists (default: a UTC timestamp)")
     u.set_defaults(func=cmd_upload)
 
@@ -160,7 +160,7 @@ def add_pipeline_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--run-name", help="run name (default: KFP's)")
     s.add_argument("--service-account", default="crossdistill-pipeline",
                    help="Kubernetes service account of the run's pods (manifests/base creates it)")
-    s.add_argument("--out-dir", help="where the compiled YAMLs are (default: pipelines/compiled)")
+    s.add_argument("--out-dir", help=f"where the compiled YAMLs are (default: {COMPILED_HELP})")
     s.set_defaults(func=cmd_submit)
 
     r = sub.add_parser("run-local", help="run a pipeline here through kfp.local")

@@ -4,10 +4,16 @@ Datasets store inputs compactly: ``x`` as float32 (already model-ready), ``x`` a
 an ``image`` column of encoded bytes (PNG/JPEG). ``meta['preprocess']`` says how to turn them into the
 float32 batch the student and the teacher see; a user may override it per step. Decoding runs while
 reading (in DataLoader workers when training), never at import time.
+
+The image spec (written by import-data): ``{"kind": "image", "size": [H, W], "channels": 1 | 3,
+"scale": 1/255, "mean": [...], "std": [...]}``; every image is decoded, converted to grey (1 channel)
+or RGB (3), resized to ``size`` (bilinear) and laid out channels-first ``[C, H, W]``, then
+``(pixel * scale - mean) / std`` per channel.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -15,6 +21,7 @@ import numpy as np
 from crossdistill.errors import DataError
 
 INPUT_COLUMNS = ("x", "image")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def input_column(columns: list[str] | dict[str, Any], where: str) -> str:
@@ -26,6 +33,36 @@ def input_column(columns: list[str] | dict[str, Any], where: str) -> str:
                     f"(columns: {sorted(columns)})")
 
 
+def image_info(data: bytes, where: str) -> tuple[int, int, int]:
+    """Decode one encoded image fully (Pillow); its (height, width, channels: 1 grey or 3 colour).
+
+    A file that does not decode is a DataError naming ``where``.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.height, im.width, 1 if im.mode in GREY_MODES else 3
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{where}: the image does not decode: {exc}") from None
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int, where: str) -> np.ndarray:
+    """One encoded image as uint8 ``[channels, H, W]``, resized (bilinear) to ``size = (H, W)``."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if (im.height, im.width) != tuple(size):
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            pixels = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{where}: the image does not decode: {exc}") from None
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
 class Preprocessor:
     """Callable ``(batch columns) -> float32 [B, ...]`` built from a dataset's meta (plus overrides)."""
 
@@ -35,10 +72,10 @@ class Preprocessor:
 
     def __call__(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         name = input_column(columns, self.where)
-        values = columns[name]
         if name == "image":
-            raise DataError(f"{self.where}: encoded 'image' columns need the image preprocessing of import-data")
-        x = values.astype(np.float32, copy=False)
+            x = self._decode(columns["image"], columns.get("id"))
+        else:
+            x = columns[name].astype(np.float32, copy=False)
         scale = self.spec.get("scale")
         if scale is not None:
             x = x * np.float32(scale)
@@ -48,6 +85,24 @@ class Preprocessor:
         if std is not None:
             x = x / np.asarray(std, dtype=np.float32).reshape(self._channel_shape(x))
         return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _image_params(self) -> tuple[tuple[int, int], int]:
+        size, channels = self.spec.get("size"), self.spec.get("channels")
+        if self.spec.get("kind") != "image" or size is None or channels not in (1, 3):
+            raise DataError(f"{self.where}: an 'image' column needs a preprocess spec with kind 'image', size "
+                            f"[H, W] and channels 1 or 3 (got {self.spec}); import it with import-data or "
+                            "override the spec")
+        if isinstance(size, int):
+            size = [size, size]
+        return (int(size[0]), int(size[1])), int(channels)
+
+    def _decode(self, images: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        size, channels = self._image_params()
+        out = np.empty((len(images), channels, *size), dtype=np.float32)
+        for i, data in enumerate(images):
+            where = f"{self.where}: id {ids[i]}" if ids is not None else f"{self.where}: row {i} of the batch"
+            out[i] = decode_image(data, size, channels, where)
+        return out
 
     @staticmethod
     def _channel_shape(x: np.ndarray) -> tuple[int, ...]:

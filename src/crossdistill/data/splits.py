@@ -57,7 +57,7 @@ def split_dataset(data: Dataset, cfg: PrepareDataConfig) -> dict[str, Dataset]:
     train = data.take(np.sort(train_idx))
     if cfg.student_labels > len(train):
         raise ConfigError(f"student_labels={cfg.student_labels} exceeds the {len(train)} training examples")
-    keep = _stratified(train["y"], cfg.student_labels, rng)
+    keep = stratified_indices(train["y"], cfg.student_labels, rng)
     y_student = np.full(len(train), UNLABELED, dtype=np.int64)
     y_student[keep] = train["y"][keep]
     student = train.with_columns(y=y_student)
@@ -67,7 +67,7 @@ def split_dataset(data: Dataset, cfg: PrepareDataConfig) -> dict[str, Dataset]:
             "student": student, "unlabeled": unlabeled}
 
 
-def _stratified(y: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_indices(y: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` indices spread as evenly as possible over the classes."""
     classes = np.unique(y)
     pools = {c: list(rng.permutation(np.flatnonzero(y == c))) for c in classes}

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from crossdistill.deploy import kubernetes as k8s
-from crossdistill.deploy.config import Endpoint, TeacherServeConfig
+from crossdistill.deploy.config import Endpoint, TeacherServeConfig, TeacherTeardownConfig
 from crossdistill.errors import ConfigError
 
 RUNTIME = "crossdistill-teacher"
@@ -27,9 +27,7 @@ API_VERSION = "serving.kserve.io/v1beta1"
 
 def model_args(cfg: TeacherServeConfig) -> list[str]:
     """The ``key=value`` overrides KServe appends to the runtime's server arguments."""
-    values = {"model_uri": cfg.model_uri, "model_format": cfg.model_format, "model_name": cfg.model_name,
-              "output_is_probs": cfg.output_is_probs, "workers_threads": cfg.workers_threads}
-    return [k8s._arg(k, v) for k, v in values.items()]
+    return [k8s._arg(k, v) for k, v in k8s.serve_values(cfg).items()]
 
 
 def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
@@ -106,9 +104,12 @@ def deploy(cfg: TeacherServeConfig, client: Any = None) -> Endpoint:
     return endpoint(cfg, k8s.get_object(client, isvc), k8s.get_object(client, predictor_service(cfg)))
 
 
-def teardown(cfg: TeacherServeConfig, client: Any = None) -> None:
+def teardown(cfg: TeacherTeardownConfig | TeacherServeConfig, client: Any = None) -> None:
     """Delete the InferenceService (KServe removes what it created); nothing to delete is fine."""
-    k8s.delete_objects(client or k8s.api_client(), build_objects(cfg))
+    cfg = TeacherTeardownConfig.of(cfg)
+    isvc = {"apiVersion": API_VERSION, "kind": "InferenceService",
+            "metadata": {"name": cfg.name, "namespace": cfg.namespace}}
+    k8s.delete_objects(client or k8s.api_client(), [isvc])
 
 
 # --- schema check against the KServe SDK's OpenAPI models ------------------------------------------

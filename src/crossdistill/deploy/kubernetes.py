@@ -6,10 +6,17 @@ applies). The pod carries the label the NetworkPolicy in ``manifests/base`` admi
 the model itself from ``cfg.model_uri`` (gs://, s3://, ...), with object-store settings from the
 ``crossdistill-defaults`` ConfigMap. Objects are applied with server-side apply, so ``deploy`` is
 idempotent; ``teardown`` deletes by name and ignores what is already gone.
+
+Secrets stay Secrets: with ``auth_secret`` / ``tls_secret`` the token and the TLS files are mounted
+read-only from those Secrets (``auth.token_file`` and ``tls.*`` then name keys in them) and the
+server is pointed at the mounted paths; no secret value is ever put into an object. With a token the
+probes use the one open path (``/v2/health/live``: the server listens only once the model is loaded,
+so live means ready); with TLS they speak HTTPS; with mutual TLS they only open a TCP connection.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from crossdistill.deploy.config import Endpoint, TeacherServeConfig
+from crossdistill.deploy.config import Endpoint, TeacherServeConfig, TeacherTeardownConfig
 from crossdistill.errors import ConfigError, TeacherError, TeacherUnavailableError
 
 HTTP_PORT = 8080  # KServe's default REST port
@@ -30,6 +37,10 @@ S3_CREDENTIALS_SECRET = "crossdistill-s3-credentials"  # created by hand (overla
 RUN_AS_USER = 10001  # the non-root user of every crossdistill image
 FIELD_MANAGER = "crossdistill"
 SERVER_COMMAND = ["python", "-m", "crossdistill.teacher.server"]
+AUTH_MOUNT = "/etc/crossdistill/auth"  # the auth_secret, read-only
+TLS_MOUNT = "/etc/crossdistill/tls"  # the tls_secret, read-only
+TOKEN_KEY = "token"  # the auth_secret key holding the token unless auth.token_file names another
+LIVE_PATH = "/v2/health/live"  # the server's one path open without a token
 POLL_S = 2.0
 
 
@@ -46,6 +57,8 @@ def teacher_image(cfg: TeacherServeConfig) -> str:
 def _arg(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return f"{key}={'true' if value else 'false'}"
+    if isinstance(value, list):
+        return f"{key}={json.dumps(value)}"  # a JSON list is a YAML flow sequence
     text = str(value)
     # The server parses each value as a YAML scalar: quote strings YAML would read as something else.
     if isinstance(value, str) and yaml.safe_load(text) != value:
@@ -53,17 +66,80 @@ def _arg(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
+def secret_files(cfg: TeacherServeConfig) -> dict[str, str]:
+    """Server settings pointing at the files mounted from ``auth_secret`` / ``tls_secret`` (dotted keys).
+
+    Token and TLS files exist in the pod only through those Secrets: asking for either without its
+    Secret is a ConfigError.
+    """
+    if cfg.auth.token_file and not cfg.auth_secret:
+        raise ConfigError("auth.token_file needs auth_secret on the kubernetes/kserve backends: the token reaches "
+                          "the pod only from a Secret (auth.token_file then names its key)")
+    if cfg.tls is not None and not cfg.tls_secret:
+        raise ConfigError("tls needs tls_secret on the kubernetes/kserve backends: certificate and key reach the pod "
+                          "only from a Secret (tls.cert_file / key_file / client_ca_file then name its keys)")
+    files: dict[str, str] = {}
+    if cfg.auth_secret:
+        files["auth.token_file"] = f"{AUTH_MOUNT}/{cfg.auth.token_file or TOKEN_KEY}"
+    if cfg.tls_secret:
+        tls = cfg.tls
+        files["tls.cert_file"] = f"{TLS_MOUNT}/{tls.cert_file if tls else 'tls.crt'}"
+        files["tls.key_file"] = f"{TLS_MOUNT}/{tls.key_file if tls else 'tls.key'}"
+        if tls and tls.client_ca_file:
+            files["tls.client_ca_file"] = f"{TLS_MOUNT}/{tls.client_ca_file}"
+    return files
+
+
+def serve_values(cfg: TeacherServeConfig) -> dict[str, Any]:
+    """The model-specific server settings, as ``key=value`` overrides carry them (ports and host apart)."""
+    values: dict[str, Any] = {
+        "model_uri": cfg.model_uri, "model_format": cfg.model_format, "model_name": cfg.model_name,
+        "output_is_probs": cfg.output_is_probs, "workers_threads": cfg.workers_threads,
+        "expose_layers": cfg.expose_layers, "metrics": cfg.metrics, "max_message_bytes": cfg.max_message_bytes,
+    }
+    if cfg.class_names is not None:
+        values["class_names"] = cfg.class_names
+    return {**values, **secret_files(cfg)}
+
+
 def server_args(cfg: TeacherServeConfig) -> list[str]:
     """Arguments of ``python -m crossdistill.teacher.server`` inside the container.
 
     The server requires ``--config``; every value comes as a ``key=value`` override, so an empty one does.
     """
-    values: dict[str, Any] = {
-        "model_uri": cfg.model_uri, "model_format": cfg.model_format, "model_name": cfg.model_name,
-        "output_is_probs": cfg.output_is_probs, "host": "0.0.0.0", "http_port": HTTP_PORT,
-        "grpc_port": GRPC_PORT, "workers_threads": cfg.workers_threads,
-    }
+    values = {"host": "0.0.0.0", "http_port": HTTP_PORT, "grpc_port": GRPC_PORT, **serve_values(cfg)}
     return ["--config", "/dev/null", *(_arg(k, v) for k, v in values.items())]
+
+
+def probes(cfg: TeacherServeConfig) -> dict[str, dict[str, Any]]:
+    """Startup, readiness and liveness probes that work with the configured token and TLS."""
+    period = 5
+    mutual = cfg.tls_secret is not None and cfg.tls is not None and cfg.tls.client_ca_file is not None
+    scheme = "HTTPS" if cfg.tls_secret else "HTTP"
+
+    def check(path: str) -> dict[str, Any]:
+        if mutual:  # kubelet has no client certificate: a TCP connect is all it can do
+            return {"tcpSocket": {"port": "http"}}
+        return {"httpGet": {"path": path, "port": "http", **({"scheme": scheme} if cfg.tls_secret else {})}}
+
+    ready_path = LIVE_PATH if cfg.auth_secret else f"/v2/models/{cfg.model_name}/ready"
+    return {
+        # Loading a big model can take minutes: the startup probe allows ready_timeout_s for it.
+        "startupProbe": {**check(LIVE_PATH), "periodSeconds": period,
+                         "failureThreshold": max(1, math.ceil(cfg.ready_timeout_s / period))},
+        "readinessProbe": {**check(ready_path), "periodSeconds": period, "failureThreshold": 3},
+        "livenessProbe": {**check(LIVE_PATH), "periodSeconds": 15, "failureThreshold": 4},
+    }
+
+
+def secret_volumes(cfg: TeacherServeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Secret volumes and their read-only mounts (names only: values stay in the Secrets)."""
+    volumes, mounts = [], []
+    for name, secret, path in (("auth", cfg.auth_secret, AUTH_MOUNT), ("tls", cfg.tls_secret, TLS_MOUNT)):
+        if secret:
+            volumes.append({"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}})
+            mounts.append({"name": name, "mountPath": path, "readOnly": True})
+    return volumes, mounts
 
 
 def labels(cfg: TeacherServeConfig) -> dict[str, str]:
@@ -108,7 +184,6 @@ def tolerations(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
 
 def container(cfg: TeacherServeConfig, name: str = "teacher") -> dict[str, Any]:
     """The teacher container: image, server args, ports, resources, probes, hardened security context."""
-    period = 5
     return {
         "name": name,
         "image": teacher_image(cfg),
@@ -123,16 +198,10 @@ def container(cfg: TeacherServeConfig, name: str = "teacher") -> dict[str, Any]:
         "envFrom": [{"configMapRef": {"name": DEFAULTS_CONFIGMAP, "optional": True}},
                     {"secretRef": {"name": S3_CREDENTIALS_SECRET, "optional": True}}],
         "resources": resources(cfg),
-        # Loading a big model can take minutes: the startup probe allows ready_timeout_s for it.
-        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": period,
-                         "failureThreshold": max(1, math.ceil(cfg.ready_timeout_s / period))},
-        "readinessProbe": {"httpGet": {"path": f"/v2/models/{cfg.model_name}/ready", "port": "http"},
-                           "periodSeconds": period, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 15,
-                          "failureThreshold": 4},
+        **probes(cfg),
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *secret_volumes(cfg)[1]],
     }
 
 
@@ -142,7 +211,7 @@ def pod_spec(cfg: TeacherServeConfig) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
                             "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container(cfg)],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *secret_volumes(cfg)[0]],
     }
     if cfg.service_account:
         spec["serviceAccountName"] = cfg.service_account
@@ -313,6 +382,13 @@ def deploy(cfg: TeacherServeConfig, client: Any = None) -> Endpoint:
     return endpoint(cfg)
 
 
-def teardown(cfg: TeacherServeConfig, client: Any = None) -> None:
+def named_objects(cfg: TeacherTeardownConfig) -> list[dict[str, Any]]:
+    """Stubs naming the Deployment and Service of ``cfg.name`` (what ``teardown`` deletes)."""
+    meta = {"name": cfg.name, "namespace": cfg.namespace}
+    return [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta},
+            {"apiVersion": "v1", "kind": "Service", "metadata": meta}]
+
+
+def teardown(cfg: TeacherTeardownConfig | TeacherServeConfig, client: Any = None) -> None:
     """Delete the Deployment and Service named ``cfg.name`` (nothing to delete is fine)."""
-    delete_objects(client or api_client(), build_objects(cfg))
+    delete_objects(client or api_client(), named_objects(TeacherTeardownConfig.of(cfg)))

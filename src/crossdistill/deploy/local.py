@@ -2,7 +2,7 @@
 
 The process runs in its own session (so it outlives the step that started it, as a KFP
 ``teacher-serve`` step must), logs to ``<workdir>/<name>.log`` and leaves ``<workdir>/<name>.pid`` for
-``teardown``. Ports 0 become free ports, chosen here so the endpoint is known before the server starts.
+``teardown``. The server binds ``cfg.host``; ports 0 become free ports the server picks and reports.
 """
 
 from __future__ import annotations
@@ -10,80 +10,83 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from crossdistill.deploy.config import Endpoint, TeacherServeConfig
+from crossdistill.deploy.config import Endpoint, TeacherServeConfig, TeacherTeardownConfig
 from crossdistill.errors import TeacherError, TeacherUnavailableError
+from crossdistill.teacher.serve_config import SERVE_FAILED
+from crossdistill.teacher.transport import address
 
 
-def _paths(cfg: TeacherServeConfig) -> tuple[Path, Path, Path]:
+def _paths(cfg: TeacherServeConfig | TeacherTeardownConfig) -> tuple[Path, Path, Path]:
     work = Path(cfg.workdir)
     return work / f"{cfg.name}.pid", work / f"{cfg.name}.log", work / f"{cfg.name}.json"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _ready_file(cfg: TeacherServeConfig | TeacherTeardownConfig) -> Path:
+    return Path(cfg.workdir) / f"{cfg.name}.ready"
 
 
 def _tail(path: Path, lines: int = 30) -> str:
+    """The server's one-line failure report when it left one, else the last lines of its log."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    failed = [line for line in text if line.startswith(SERVE_FAILED)]
+    return failed[-1] if failed else "\n".join(text[-lines:])
 
 
 def deploy(cfg: TeacherServeConfig) -> Endpoint:
-    """Start the server detached, wait until it answers ready, return its endpoint."""
+    """Start the server detached, wait until both ports answer, return its endpoint.
+
+    The server binds ``cfg.host``; ports 0 are chosen by the server itself, which reports them (and
+    that it is serving) in ``<workdir>/<name>.ready``: no probe call is needed, whatever token or TLS.
+    """
     pid_file, log_file, cfg_file = _paths(cfg)
+    ready_file = _ready_file(cfg)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     if pid_file.exists():
         teardown(cfg)  # a stale server of the same name would hold the model name and ports
-    cfg = cfg.model_copy(update={"grpc_port": cfg.grpc_port or _free_port(cfg.host),
-                                 "http_port": cfg.http_port or _free_port(cfg.host)})
+    ready_file.unlink(missing_ok=True)
     cfg_file.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS=str(cfg.workers_threads))
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "crossdistill.teacher.server", "--config", str(cfg_file)],
+        proc = subprocess.Popen([sys.executable, "-m", "crossdistill.teacher.server", "--config", str(cfg_file),
+                                 "--ready-file", str(ready_file)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, close_fds=True)
     pid_file.write_text(str(proc.pid))
-    endpoint = Endpoint(name=cfg.name, grpc=f"{cfg.host}:{cfg.grpc_port}", http=f"http://{cfg.host}:{cfg.http_port}",
-                        model_name=cfg.model_name, backend="local")
-    _wait_ready(proc, endpoint, cfg, log_file)
-    return endpoint
+    ports = _wait_ready(proc, ready_file, cfg, log_file)
+    scheme = "https" if cfg.tls is not None else "http"
+    return Endpoint(name=cfg.name, grpc=address(cfg.host, ports["grpc_port"]),
+                    http=f"{scheme}://{address(cfg.host, ports['http_port'])}", model_name=cfg.model_name,
+                    backend="local")
 
 
-def _wait_ready(proc: subprocess.Popen, endpoint: Endpoint, cfg: TeacherServeConfig, log_file: Path) -> None:
-    from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
-
+def _wait_ready(proc: subprocess.Popen, ready_file: Path, cfg: TeacherServeConfig, log_file: Path) -> dict[str, int]:
     end = time.monotonic() + cfg.ready_timeout_s
-    with TeacherClient(TeacherClientConfig(url=endpoint.grpc, model_name=cfg.model_name)) as client:
-        while True:
-            if proc.poll() is not None:
-                _forget(cfg)
-                raise TeacherError(f"teacher server '{cfg.name}' ({cfg.model_uri}) exited with code {proc.returncode} "
-                                   f"before it was ready; last lines of {log_file}:\n{_tail(log_file)}")
-            try:
-                client.wait_ready(timeout_s=min(2.0, max(0.1, end - time.monotonic())))
-                return
-            except TeacherUnavailableError:
-                if time.monotonic() >= end:
-                    _kill(proc.pid)
-                    _forget(cfg)
-                    raise TeacherUnavailableError(
-                        f"teacher server '{cfg.name}' ({cfg.model_uri}) not ready at {endpoint.grpc} after "
-                        f"{cfg.ready_timeout_s:.0f}s (ready_timeout_s); last lines of {log_file}:\n{_tail(log_file)}"
-                    ) from None
+    while True:
+        if ready_file.exists():
+            return json.loads(ready_file.read_text())
+        if proc.poll() is not None:
+            _forget(cfg)
+            raise TeacherError(f"teacher server '{cfg.name}' ({cfg.model_uri}) exited with code {proc.returncode} "
+                               f"before it was ready; {log_file}:\n{_tail(log_file)}")
+        if time.monotonic() >= end:
+            _kill(proc.pid)
+            _forget(cfg)
+            raise TeacherUnavailableError(
+                f"teacher server '{cfg.name}' ({cfg.model_uri}) not serving after {cfg.ready_timeout_s:.0f}s "
+                f"(ready_timeout_s); last lines of {log_file}:\n{_tail(log_file)}")
+        time.sleep(0.1)
 
 
-def teardown(cfg: TeacherServeConfig) -> bool:
+def teardown(cfg: TeacherServeConfig | TeacherTeardownConfig) -> bool:
     """Stop the server named ``cfg.name`` by its pid file; True when one was running."""
     pid_file, _, _ = _paths(cfg)
     if not pid_file.exists():
@@ -136,6 +139,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _forget(cfg: TeacherServeConfig) -> None:
+def _forget(cfg: TeacherServeConfig | TeacherTeardownConfig) -> None:
     pid_file, _, _ = _paths(cfg)
     pid_file.unlink(missing_ok=True)
+    _ready_file(cfg).unlink(missing_ok=True)

@@ -10,13 +10,13 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from crossdistill.deploy.config import Endpoint, TeacherServeConfig
+from crossdistill.deploy.config import Endpoint, TeacherServeConfig, TeacherTeardownConfig
 from crossdistill.errors import ConfigError
 
 BACKENDS = ("local", "kubernetes", "kserve")
 
 
-def _backend(cfg: TeacherServeConfig) -> ModuleType:
+def _backend(cfg: TeacherServeConfig | TeacherTeardownConfig) -> ModuleType:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}")
     return importlib.import_module(f"crossdistill.deploy.{cfg.backend}")
@@ -27,6 +27,7 @@ def deploy_teacher(cfg: TeacherServeConfig) -> Endpoint:
     return _backend(cfg).deploy(cfg)
 
 
-def teardown_teacher(cfg: TeacherServeConfig) -> Any:
-    """Stop the teacher server named ``cfg.name`` on ``cfg.backend``."""
+def teardown_teacher(cfg: TeacherTeardownConfig | TeacherServeConfig) -> Any:
+    """Stop the teacher server named ``cfg.name`` on ``cfg.backend`` (a serve config works too)."""
+    cfg = TeacherTeardownConfig.of(cfg)
     return _backend(cfg).teardown(cfg)

@@ -1,8 +1,12 @@
-"""The evaluate step: score a student (and baselines, and teachers through their endpoints) on test data.
+"""The evaluate step: score a student (and baselines, and teachers) on test data, streamed.
 
-``teacher`` is the one teacher of online/offline distillation (accuracy, calibration, latency, the
-student's agreement with it); ``teachers`` are the several teachers of a multi-teacher run, specialists
-included (``crossdistill.evaluate.teachers``), with their average and majority vote.
+The test split is read fragment by fragment (``crossdistill.evaluate.data``): labels and predictions
+are kept, inputs are not. ``teacher`` is the one teacher of online/offline distillation (the student's
+agreement with it is reported); ``teachers`` are the several teachers of a multi-teacher run,
+specialists included, with their average and majority vote. Both are scored by the same path
+(``crossdistill.evaluate.teachers.score_teacher``), over an OIP endpoint or ``inprocess:<model uri>``,
+with their outputs mapped to the data's classes by name. The number of classes is that of the test
+data's ``class_names``.
 
 Writes to ``<out>``: the exported student (``student.torchscript.pt``, ``student.onnx``), then
 ``report.html``, then ``metrics.json`` last. ``metrics.json`` is the mark of a finished evaluation:
@@ -23,16 +27,15 @@ from pydantic import Field, field_validator
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import Dataset, read_dataset
-from crossdistill.errors import DataError, ModelFormatError, TeacherResponseError
+from crossdistill.errors import ModelFormatError
 from crossdistill.evaluate import latency as L
 from crossdistill.evaluate import metrics as M
+from crossdistill.evaluate.data import EvalData, load_test, predict
 from crossdistill.evaluate.export import export_student
 from crossdistill.evaluate.report import read_train_log, write_report
 from crossdistill.evaluate.summary import scalar_metrics, summary_markdown
 from crossdistill.evaluate.teachers import EvaluateTeacher, name_teachers, score_ensembles, score_teacher
-from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
-from crossdistill.teacher.protocol import LOGITS
+from crossdistill.teacher.client import TeacherClientConfig
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
@@ -83,91 +86,37 @@ class EvaluateConfig(StrictConfig):
         return value
 
 
-def _load_test(uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    ds = read_dataset(uri, columns=["id", "x", "y"])
-    keep = ds.labeled_mask()
-    if not keep.any():
-        raise DataError(f"{uri}: no labeled examples (column 'y' is all -1); evaluation needs labels")
-    x = ds["x"][keep].astype(np.float32, copy=False)
-    return ds.ids[keep], x, ds["y"][keep].astype(np.int64), dict(ds.meta)
-
-
-def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+def _score_student(name: str, uri: str, test: EvalData,
+                   cfg: EvaluateConfig) -> tuple[dict[str, Any], Any, np.ndarray, tuple[int, ...]]:
+    """Metrics, footprint and CPU latency of one saved student; also its model, predictions, input shape."""
     import torch
 
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            out = model(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])))
-            outs.append((out[0] if isinstance(out, (tuple, list)) else out).float().numpy())
-    return np.concatenate(outs)
-
-
-def _score_student(name: str, uri: str, x: np.ndarray, y: np.ndarray, num_classes: int,
-                   cfg: EvaluateConfig) -> tuple[dict[str, Any], Any, np.ndarray]:
-    """Metrics, footprint and CPU latency of one saved student; also returns the model and predictions."""
     from crossdistill.train.models import load_student
 
     model, info = load_student(uri)
-    shape = tuple(int(s) for s in info.get("input_shape") or x.shape[1:])
-    if shape != tuple(x.shape[1:]):
-        raise ModelFormatError(f"{uri}: student '{name}' expects inputs {shape}, test data has {tuple(x.shape[1:])}")
-    logits = _predict(model, x, cfg.batch_size)
-    if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ModelFormatError(f"{uri}: student '{name}' outputs shape {logits.shape}, "
-                               f"expected [N, {num_classes}] for the test data's {num_classes} classes")
+    want = tuple(int(s) for s in info.get("input_shape") or ())
+
+    def check(shape: tuple[int, ...]) -> None:
+        if want and shape != want:
+            raise ModelFormatError(f"{uri}: student '{name}' expects inputs {want}, test data has {shape}")
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(x)))
+        return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
+
+    logits, shape = predict(forward, test, cfg.batch_size, check)
+    if logits.ndim != 2 or logits.shape[1] != test.num_classes:
+        raise ModelFormatError(f"{uri}: student '{name}' outputs shape {logits.shape}, expected "
+                               f"[N, {test.num_classes}] for the test data's classes {test.class_names}")
     result: dict[str, Any] = {"name": name, "uri": uri, "spec": _jsonable(info.get("spec")),
-                              **M.classification_report(logits, y, num_classes, ece_bins=cfg.ece_bins),
+                              **M.classification_report(logits, test.y, test.num_classes, ece_bins=cfg.ece_bins),
                               "num_parameters": L.count_parameters(model),
                               "size_bytes": L.size_on_disk(uri)}
     result["latency"] = L.torch_cpu_latency(model, shape, batch_sizes=_batch_sizes(cfg),
                                             repeats=cfg.latency_repeats, warmup=cfg.latency_warmup,
                                             threads=cfg.threads)
-    return result, model, logits.argmax(axis=1)
-
-
-def _score_teacher(cfg: EvaluateConfig, ids: np.ndarray, x: np.ndarray, y: np.ndarray,
-                   num_classes: int) -> tuple[dict[str, Any], np.ndarray]:
-    """The teacher as the student side sees it: predictions, round-trip latency and metadata footprint."""
-    assert cfg.teacher is not None
-    url = cfg.teacher.url
-    with TeacherClient(cfg.teacher) as client:
-        client.wait_ready(cfg.teacher_ready_timeout_s)
-        meta = client.metadata()
-        starts = range(0, len(x), cfg.batch_size)
-        batches = ((ids[s:s + cfg.batch_size], x[s:s + cfg.batch_size], s) for s in starts)
-        logits = np.full((len(x), num_classes), np.nan, dtype=np.float32)
-        top1 = np.full(len(x), -1, dtype=np.int64)
-        dense = cfg.teacher.top_k == 0
-        for out, start in client.stream(batches):
-            rows = slice(start, start + len(out))
-            if not np.array_equal(np.asarray(out.ids), ids[rows]):
-                raise TeacherResponseError(f"teacher {url}: response ids do not match the request's")
-            if out.logits is not None:
-                if out.logits.shape[1] != num_classes:
-                    raise TeacherResponseError(f"teacher {url}: logits have {out.logits.shape[1]} classes, "
-                                               f"the test data {num_classes}")
-                logits[rows] = out.logits
-            elif out.topk_indices is not None:
-                top1[rows] = np.asarray(out.topk_indices)[:, 0]
-            else:
-                raise TeacherResponseError(f"teacher {url}: response has neither '{LOGITS}' nor top-k tensors")
-        result: dict[str, Any] = {"name": "teacher", "url": url, "model_name": cfg.teacher.model_name}
-        if dense:
-            result.update(M.classification_report(logits, y, num_classes, ece_bins=cfg.ece_bins))
-            pred = logits.argmax(axis=1)
-        else:
-            # top-k mode: the top-1 class is known, calibrated probabilities are not (temperature applied)
-            pred = top1
-            result.update(M.json_ready({
-                "num_examples": int(len(pred)), "accuracy": M.accuracy(y, pred),
-                "per_class_accuracy": M.per_class_accuracy(y, pred, num_classes).tolist(),
-                "confusion_matrix": M.confusion_matrix(y, pred, num_classes).tolist()}))
-        result.update(L.teacher_footprint(meta))
-        result["latency"] = L.teacher_latency(client, x.shape[1:], batch_sizes=_batch_sizes(cfg),
-                                              repeats=cfg.latency_repeats, warmup=cfg.latency_warmup)
-        result["metadata"] = _jsonable(meta)
-    return result, pred
+    return result, model, logits.argmax(axis=1), shape
 
 
 def _batch_sizes(cfg: EvaluateConfig) -> tuple[int, ...]:
@@ -206,7 +155,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate, export, write ``report.html`` and finally ``metrics.json`` under ``cfg.out``; return the metrics."""
+    """Evaluate, export, write ``report.html`` and finally ``metrics.json`` under ``cfg.out``; return the metrics
+    (``crossdistill.evaluate.summary.terminal_summary`` shortens them for a terminal)."""
     import torch
 
     previous_threads = torch.get_num_threads()
@@ -226,29 +176,21 @@ def _forget_previous_result(out: str) -> None:
 
 
 def _run(cfg: EvaluateConfig) -> dict[str, Any]:
-    ids, x, y, meta = _load_test(cfg.test_data)
+    test = load_test(cfg.test_data)
     _forget_previous_result(cfg.out)
-    num_classes = int(meta.get("num_classes") or int(y.max()) + 1)
-    if y.max() >= num_classes:
-        raise DataError(f"{cfg.test_data}: label {int(y.max())} >= num_classes {num_classes} in the manifest meta")
-    class_names = [str(c) for c in meta.get("class_names") or []]
-    if len(class_names) != num_classes:
-        class_names = [str(i) for i in range(num_classes)]
 
-    student, student_model, student_pred = _score_student(cfg.student_name, cfg.student, x, y, num_classes, cfg)
+    student, student_model, student_pred, input_shape = _score_student(cfg.student_name, cfg.student, test, cfg)
     baselines: dict[str, dict[str, Any]] = {}
     baseline_preds: dict[str, np.ndarray] = {}
     for name, uri in cfg.baselines.items():
-        baselines[name], _, baseline_preds[name] = _score_student(name, uri, x, y, num_classes, cfg)
+        baselines[name], _, baseline_preds[name], _ = _score_student(name, uri, test, cfg)
 
-    teacher = None
-    if cfg.teacher is not None:
-        teacher, teacher_pred = _score_teacher(cfg, ids, x, y, num_classes)
+    teacher, teacher_pred, teachers, ensembles = _score_teachers(cfg, test, input_shape, student_pred,
+                                                                 baseline_preds)
+    if teacher_pred is not None:
         student["teacher_agreement"] = M.agreement(teacher_pred, student_pred)
         for name, pred in baseline_preds.items():
             baselines[name]["teacher_agreement"] = M.agreement(teacher_pred, pred)
-
-    teachers, ensembles = _score_teachers(cfg, ids, x, y, num_classes, student_pred, baseline_preds)
 
     models: list[tuple[str, Mapping[str, Any]]] = [("student", student)]
     models += [("baseline", b) for b in baselines.values()]
@@ -256,7 +198,7 @@ def _run(cfg: EvaluateConfig) -> dict[str, Any]:
         models.append(("teacher", teacher))
     models += [("teacher", t) for t in teachers] + [("ensemble", e) for e in ensembles]
 
-    exports = export_student(student_model, x.shape[1:], cfg.out, cfg.export,
+    exports = export_student(student_model, input_shape, cfg.out, cfg.export,
                              torchscript_method=cfg.torchscript_method)
     for info in exports.values():
         info["size_bytes"] = L.size_on_disk(info["uri"])
@@ -264,8 +206,8 @@ def _run(cfg: EvaluateConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "title": cfg.title,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"uri": cfg.test_data, "num_examples": int(len(y)), "num_classes": num_classes,
-                    "class_names": class_names, "name": meta.get("name")},
+        "dataset": {"uri": cfg.test_data, "num_examples": int(len(test.y)), "num_classes": test.num_classes,
+                    "class_names": test.class_names, "name": test.meta.get("name")},
         "student": student,
         "baselines": baselines,
         "teacher": teacher,
@@ -290,21 +232,24 @@ def _run(cfg: EvaluateConfig) -> dict[str, Any]:
     return result
 
 
-def _score_teachers(cfg: EvaluateConfig, ids: np.ndarray, x: np.ndarray, y: np.ndarray, num_classes: int,
-                    student_pred: np.ndarray, baseline_preds: Mapping[str, np.ndarray],
-                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``cfg.teachers`` scored one by one, then (with two or more) their average and majority vote."""
-    if not cfg.teachers:
-        return [], []
-    test = Dataset({"id": ids, "x": x})
+def _score_teachers(cfg: EvaluateConfig, test: EvalData, input_shape: tuple[int, ...], student_pred: np.ndarray,
+                    baseline_preds: Mapping[str, np.ndarray],
+                    ) -> tuple[dict[str, Any] | None, np.ndarray | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every teacher scored by one path: ``teacher`` (the student's own, named ``teacher``; its result
+    and predictions, for the agreement columns) and each of ``teachers``; then, with two or more of
+    ``teachers``, their average and majority vote."""
+    specs = ([EvaluateTeacher(name="teacher", client=cfg.teacher)] if cfg.teacher is not None else []) + \
+        list(cfg.teachers)
     preds = {cfg.student_name: student_pred, **baseline_preds}
     common = {"student_name": cfg.student_name, "ece_bins": cfg.ece_bins}
-    teachers, tables = [], []
-    for spec in cfg.teachers:
-        res, table = score_teacher(spec, test, y, num_classes, preds, batch_size=cfg.batch_size,
-                                   ready_timeout_s=cfg.teacher_ready_timeout_s, batch_sizes=_batch_sizes(cfg),
-                                   repeats=cfg.latency_repeats, warmup=cfg.latency_warmup, **common)
-        teachers.append(res)
-        tables.append(table)
-    ensembles = score_ensembles(tables, ids, y, num_classes, preds, **common) if len(tables) > 1 else []
-    return teachers, ensembles
+    scored = [score_teacher(spec, test, preds, input_shape=input_shape, batch_size=cfg.batch_size,
+                            ready_timeout_s=cfg.teacher_ready_timeout_s, batch_sizes=_batch_sizes(cfg),
+                            repeats=cfg.latency_repeats, warmup=cfg.latency_warmup, **common) for spec in specs]
+    teacher, teacher_pred = None, None
+    if cfg.teacher is not None:
+        (teacher, table), scored = scored[0], scored[1:]
+        teacher_pred = table.predictions()
+    tables = [table for _, table in scored]
+    ensembles = score_ensembles(tables, test.ids, test.y, test.num_classes, preds, **common) \
+        if len(tables) > 1 else []
+    return teacher, teacher_pred, [res for res, _ in scored], ensembles

@@ -65,3 +65,26 @@ def summary_markdown(result: Mapping[str, Any], scalars: Mapping[str, float] | N
     scalars = scalar_metrics(result) if scalars is None else scalars
     lines += ["", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in sorted(scalars.items())]
     return "\n".join(lines) + "\n"
+
+
+def terminal_summary(result: Mapping[str, Any]) -> str:
+    """A few lines for a terminal: accuracy, parameters and latency of every model, then where the report is."""
+    rows = result.get("comparison") or []
+    batch = next((r.get("latency_batch") for r in rows if r.get("latency_batch")), None)
+    head = ["model", "role", "accuracy", "parameters", "latency b=1 (ms)"]
+    if batch and batch != 1:
+        head.append(f"latency b={batch} (ms)")
+    table = [head]
+    for r in rows:
+        cells = [str(r["name"]), str(r["role"]), _cell(r.get("accuracy"), "{:.4f}"), _cell(r.get("num_parameters"), "{:,}"),
+                 _cell(r.get("latency_b1_ms"), "{:.3f}")]
+        if len(head) == 6:
+            cells.append(_cell(r.get("latency_bN_ms"), "{:.3f}"))
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in table]
+    dataset = result.get("dataset") or {}
+    title = f"{result.get('title') or 'evaluation'}: {dataset.get('num_examples')} test examples, " \
+            f"{dataset.get('num_classes')} classes"
+    return "\n".join([title, *lines, f"report:  {result.get('report')}", f"metrics: {result.get('metrics')}"])

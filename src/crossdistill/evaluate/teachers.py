@@ -1,15 +1,18 @@
-"""Several teachers on the test split: specialists through their label maps, and the teachers' plain ensembles.
+"""Teachers on the test split, one or several by the same path: label spaces, specialists, plain ensembles.
 
-Each teacher is scored as the student side sees it, over its endpoint (like ``EvaluateConfig.teacher``),
-but its outputs may cover only some classes: a specialist's ``label_map`` (teacher output index ->
-global class id) lifts them onto the global classes through ``crossdistill.experts.tables``, so it is
-compared with the student on the same footing. With two or more teachers, the plain average of their
+Every teacher (``EvaluateConfig.teacher`` and each of ``teachers``) is scored as the student side sees
+it, through the one teacher interface (an OIP endpoint or ``inprocess:<model uri>``). Its outputs are
+put in the data's class order by the names it declares, and may cover only some classes: a
+specialist's ``label_map`` (teacher output index -> global class id) lifts them onto the global
+classes through ``crossdistill.experts.tables``, so it is compared with the student on the same
+footing. With two or more teachers, the plain average of their
 distributions and their majority vote (``crossdistill.experts.baselines``) are scored as well: what a
 student distilled from all of them should at least match.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,10 +20,11 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import Dataset
-from crossdistill.errors import ConfigError
+from crossdistill.data.classes import teacher_order
+from crossdistill.errors import ConfigError, DataError
 from crossdistill.evaluate import latency as L
 from crossdistill.evaluate import metrics as M
+from crossdistill.evaluate.data import EvalData
 from crossdistill.experts.tables import PredictionTable
 from crossdistill.teacher.client import TeacherClientConfig
 
@@ -70,41 +74,69 @@ def endpoint_teachers(urls: Sequence[str], label_maps: Sequence[Sequence[int] | 
             for url, m in zip(urls, maps, strict=True)]
 
 
-def score_teacher(teacher: EvaluateTeacher, test: Dataset, y: np.ndarray, num_classes: int,
-                  preds: Mapping[str, np.ndarray], *, student_name: str, batch_size: int, ready_timeout_s: float,
+def score_teacher(teacher: EvaluateTeacher, test: EvalData, preds: Mapping[str, np.ndarray], *,
+                  student_name: str, input_shape: Sequence[int], batch_size: int, ready_timeout_s: float,
                   ece_bins: int, batch_sizes: Sequence[int], repeats: int,
                   warmup: int) -> tuple[dict[str, Any], PredictionTable]:
-    """Metrics of one teacher on ``test`` (labeled rows, labels ``y``) and its prediction table.
+    """Metrics of one teacher on the labelled rows of ``test`` and its prediction table (on those rows).
 
+    The teacher is reached through the one teacher interface (an OIP endpoint or ``inprocess:<uri>``)
+    and asked about the test split by ``label_dataset``, streamed. Its outputs are mapped to the
+    data's classes by its ``label_map``, else by the class names it declares (``teacher_order``).
     ``accuracy`` counts every example (a specialist is wrong on classes it cannot name);
     ``covered_accuracy`` only those of its own classes. ``agreement`` is with each model of ``preds``
-    (student and baselines), ``student_agreement`` with ``student_name``. ECE is of its global
-    distribution; NLL only for a teacher that covers every class (elsewhere it would be -log 0).
+    (student and baselines), ``student_agreement`` with ``student_name``. ECE and NLL are of its
+    global distribution: not for top-k answers (the distribution outside the top k is unknown), and
+    NLL only for a teacher that covers every class (elsewhere it would be -log 0).
     """
-    from crossdistill.experts.tables import table_from_endpoint
-    from crossdistill.teacher.client import TeacherClient
+    from crossdistill.experts.tables import table_from_teacher
+    from crossdistill.teacher.labeling import open_teacher
 
     name = str(teacher.name)
-    with TeacherClient(teacher.client) as client:
+    with open_teacher(teacher.client) as client:
         client.wait_ready(ready_timeout_s)
         meta = client.metadata()
-        table = table_from_endpoint(client, test, teacher=name, num_classes=num_classes,
-                                    label_map=teacher.label_map, batch_size=batch_size)
-        timing = L.teacher_latency(client, test["x"].shape[1:], batch_sizes=batch_sizes, repeats=repeats,
+        label_map = teacher_label_map(teacher, meta, test.class_names)
+        table = table_from_teacher(client, test.reader, name=name, num_classes=test.num_classes,
+                                   label_map=label_map, batch_size=batch_size).align(test.ids)
+        timing = L.teacher_latency(client, tuple(input_shape), batch_sizes=batch_sizes, repeats=repeats,
                                    warmup=warmup)
     pred = table.predictions()
+    y = test.y
     own = np.isin(y, table.label_map)
     agreement = {model: M.agreement(pred, p) for model, p in preds.items()}
+    report = M.classification_report(table.global_probs(), y, test.num_classes, ece_bins=ece_bins, from_probs=True)
+    if table.meta.get("mode") == "topk":
+        report = {k: v for k, v in report.items() if k not in ("ece", "nll", "reliability")}
+    elif not table.covered.all():
+        report["nll"] = None
     result: dict[str, Any] = {
         "name": name, "url": teacher.client.url, "model_name": teacher.client.model_name,
-        "label_map": table.label_map.tolist(), "num_outputs": int(len(table.label_map)),
-        **M.classification_report(table.global_probs(), y, num_classes, ece_bins=ece_bins, from_probs=True),
+        "label_map": table.label_map.tolist(), "num_outputs": int(len(table.label_map)), **report,
         "covered_accuracy": M.accuracy(y[own], pred[own]) if own.any() else None,
         "agreement": agreement, "student_agreement": agreement.get(student_name),
-        **L.teacher_footprint(meta), "latency": timing}
-    if not table.covered.all():
-        result["nll"] = None
+        **L.teacher_footprint(meta), "latency": timing, "metadata": _jsonable(meta)}
     return M.json_ready(result), table
+
+
+def teacher_label_map(teacher: EvaluateTeacher, meta: Mapping[str, Any], names: Sequence[str]) -> list[int] | None:
+    """Teacher output index -> data class index: the configured ``label_map`` (checked against the
+    teacher's declared class names, if any), else by name (None: outputs already in the data's order)."""
+    where = f"evaluate: teacher '{teacher.name}' ({teacher.client.url})"
+    declared = meta.get("class_names")
+    if teacher.label_map is None:
+        order = teacher_order(names, declared, meta.get("num_classes"), where)
+        return None if order is None else np.argsort(order).tolist()
+    if declared is not None:
+        mapped = [names[c] if 0 <= c < len(names) else f"<class {c}>" for c in teacher.label_map]
+        if [str(n) for n in declared] != mapped:
+            raise DataError(f"{where}: its label_map {teacher.label_map} names the data's classes {mapped}, but the "
+                            f"teacher declares its outputs as {list(declared)} (data's classes: {list(names)})")
+    return list(teacher.label_map)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str)) if obj is not None else None
 
 
 def score_ensembles(tables: Sequence[PredictionTable], ids: np.ndarray, y: np.ndarray, num_classes: int,

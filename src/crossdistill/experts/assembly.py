@@ -11,7 +11,8 @@ For every unlabeled example each teacher gets a weight ``W[t, i]``:
 The target is the ``W``-weighted arithmetic mean of the kept teachers' global distributions; the
 example's ``weight`` is the largest kept ``W`` (how much the best kept output is trusted). Examples
 with no kept output have no inferred label: they are dropped (or kept with weight 0). The dataset is
-a dense soft-label dataset: ``logits`` = log-probabilities of the target, plus ``weight``.
+a dense soft-label dataset: ``logits`` = log-probabilities of the target, plus ``weight``, and the
+kept rows' inputs (``x`` or ``image``), so it is a training dataset of its own for student-train.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import Dataset, read_dataset, write_dataset
+from crossdistill.data.preprocess import INPUT_COLUMNS
+from crossdistill.data.shards import Dataset, DatasetReader, read_dataset, write_dataset
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.experts.selection import load_report
 from crossdistill.experts.tables import PredictionTable, TeacherSource, load_source, stack_tables
@@ -152,14 +154,19 @@ def assemble(tables: list[PredictionTable], ids: np.ndarray, *, method: Method =
     return out
 
 
-def to_dataset(assembled: Assembled, *, num_classes: int, teachers: list[str], extra_meta: dict[str, Any]) -> Dataset:
-    """The soft-label dataset: ``logits`` (log-probabilities over the global classes) and ``weight``."""
+def to_dataset(assembled: Assembled, *, num_classes: int, teachers: list[str], extra_meta: dict[str, Any],
+               inputs: dict[str, np.ndarray] | None = None) -> Dataset:
+    """The soft-label dataset: ``logits`` (log-probabilities over the global classes) and ``weight``.
+
+    With ``inputs`` (the assembled rows' input column, e.g. ``{"x": ...}``) the set is also a training
+    dataset of its own: ``student-train train_data=<set> soft_labels=<set>`` reads both in one pass.
+    """
     q = np.clip(assembled.probs, LOG_FLOOR, None)
     q = q / q.sum(axis=1, keepdims=True)
     meta = {"num_classes": int(num_classes), "mode": "dense", "temperature": 1.0,
             "teacher": "assembled:" + "+".join(teachers), "teachers": teachers,
             "label_map": list(range(num_classes)), "coverage": assembled.coverage, **extra_meta}
-    return Dataset({"id": assembled.ids.astype(np.int64), "logits": np.log(q).astype(np.float32),
+    return Dataset({"id": assembled.ids.astype(np.int64), **(inputs or {}), "logits": np.log(q).astype(np.float32),
                     "weight": assembled.weight.astype(np.float32)}, meta)
 
 
@@ -171,7 +178,8 @@ def run_assemble(cfg: AssembleConfig) -> dict[str, Any]:
     num_classes = cfg.num_classes or data.meta.get("num_classes")
     if not num_classes:
         raise ConfigError(f"assemble: num_classes not set and {cfg.unlabeled} meta has none")
-    tables = [load_source(s, num_classes=int(num_classes), data=data, batch_size=cfg.batch_size)
+    reader = DatasetReader(cfg.unlabeled)
+    tables = [load_source(s, num_classes=int(num_classes), data=reader, batch_size=cfg.batch_size)
               for s in cfg.teachers]
     report = load_report(cfg.experts) if cfg.experts else None
     trust = None
@@ -186,7 +194,11 @@ def run_assemble(cfg: AssembleConfig) -> dict[str, Any]:
                       min_trust=cfg.min_trust, keep_uncovered=cfg.keep_uncovered,
                       class_names=data.meta.get("class_names"))
     names = [t.teacher for t in tables]
-    ds = to_dataset(result, num_classes=int(num_classes), teachers=names,
-                    extra_meta={"source": cfg.unlabeled, "trust_source": cfg.trust_source if trust is not None else None})
+    rows = np.flatnonzero(np.isin(data.ids, result.ids))  # the assembled rows, in the unlabeled part's order
+    inputs = {c: data[c][rows] for c in INPUT_COLUMNS if c in data}  # none when only tables were given
+    inherited = {k: data.meta[k] for k in ("class_names", "preprocess") if data.meta.get(k)}
+    ds = to_dataset(result, num_classes=int(num_classes), teachers=names, inputs=inputs,
+                    extra_meta={"source": cfg.unlabeled, **inherited,
+                                "trust_source": cfg.trust_source if trust is not None else None})
     write_dataset(cfg.out, ds, num_shards=cfg.num_shards)
     return {"uri": cfg.out, "coverage": result.coverage, "examples": len(ds)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +19,7 @@ from pydantic import Field
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import Dataset, read_dataset
+from crossdistill.data.shards import Dataset, DatasetReader, read_dataset
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.experts.consensus import consensus_experts, decision_f1
 from crossdistill.experts.tables import PredictionTable, TeacherSource, load_source, stack_tables
@@ -235,7 +236,7 @@ def load_report(uri: str) -> dict[str, Any]:
         raise DataError(f"{target} is not valid JSON: {exc}") from None
 
 
-def load_tables(sources: list[TeacherSource], num_classes: int, data: Dataset | None,
+def load_tables(sources: list[TeacherSource], num_classes: int, data: Sequence[DatasetReader],
                 batch_size: int = 256) -> list[PredictionTable]:
     return [load_source(s, num_classes=num_classes, data=data, batch_size=batch_size) for s in sources]
 
@@ -248,12 +249,8 @@ def run_expert_evaluate(cfg: ExpertEvaluateConfig) -> dict[str, Any]:
     num_classes = cfg.num_classes or meta.get("num_classes")
     if not num_classes:
         raise ConfigError("expert-evaluate: num_classes is not set and the datasets' meta has none")
-    inputs = [d for d in (val, unlabeled) if d is not None and "x" in d]
-    data = None
-    if inputs:
-        data = Dataset({"id": np.concatenate([d.ids for d in inputs]),
-                        "x": np.concatenate([d["x"] for d in inputs])})
-    tables = load_tables(cfg.teachers, int(num_classes), data, cfg.batch_size)
+    parts = [DatasetReader(uri) for uri in (cfg.val, cfg.unlabeled) if uri]
+    tables = load_tables(cfg.teachers, int(num_classes), parts, cfg.batch_size)
     report = evaluate_experts(tables, val, unlabeled=unlabeled, mode=cfg.mode, metric=cfg.metric,
                               margin=cfg.margin, min_score=cfg.min_score,
                               consensus_threshold=cfg.consensus_threshold,

@@ -4,13 +4,15 @@ A table is a soft-label dataset (``id`` + ``logits`` or ``topk_logprobs``/``topk
 names the ``teacher`` and carries a ``label_map``: entry ``j`` is the global class id of the teacher's
 output ``j``. A specialist that knows only some classes therefore outputs a narrower vector; the
 table lifts it into the global space with zeros on the classes it does not cover. Tables load from a
-stored dataset or from a live OIP endpoint into the same in-memory form (probabilities in float64
-computed from the float32 wire/storage values by the same code), so both paths give identical results.
+stored dataset, or from a teacher asked about datasets (``table_from_teacher``: a live OIP endpoint, an
+in-process teacher or a stored table, through ``crossdistill.teacher.labeling.label_dataset``), into
+the same in-memory form (probabilities in float64 computed from the float32 wire/storage values by the
+same code), so all paths give identical results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import Dataset, read_dataset, write_dataset
+from crossdistill.data.shards import Dataset, DatasetReader, read_dataset, write_dataset
 from crossdistill.errors import DataError
 
 
@@ -178,40 +180,32 @@ def save_table(uri: str, table: PredictionTable, *, num_shards: int = 1) -> str:
     return write_dataset(uri, Dataset({"id": table.ids, "logits": logp}, meta), num_shards=num_shards)
 
 
-def _batches(data: Dataset, batch_size: int, input_column: str) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    x = data[input_column]
-    for start in range(0, len(data), batch_size):
-        sl = slice(start, start + batch_size)
-        yield data.ids[sl], np.ascontiguousarray(x[sl], dtype=np.float32), start
-
-
-def table_from_endpoint(client: Any, data: Dataset, *, teacher: str, num_classes: int,
-                        label_map: Sequence[int] | None = None, batch_size: int = 256,
-                        input_column: str = "x") -> PredictionTable:
-    """Query a live teacher (a ``crossdistill.teacher.client.TeacherClient``) on ``data``'s inputs.
+def table_from_teacher(teacher: Any, data: DatasetReader | Sequence[DatasetReader], *, name: str,
+                       num_classes: int, label_map: Sequence[int] | None = None, batch_size: int = 256,
+                       progress: str | None = None) -> PredictionTable:
+    """Ask ``teacher`` (any source of the teacher interface: endpoint, in-process, stored table) about
+    every row of ``data`` (one dataset or several, labelled in turn) through ``label_dataset``.
 
     The answers go through the same conversion as a stored table, so a stored copy of the same
-    outputs loads to the identical table.
+    outputs loads to the identical table. Only the answers are kept, never the inputs.
     """
-    rows: dict[int, dict[str, np.ndarray]] = {}
-    for out, start in client.stream(_batches(data, batch_size, input_column)):
-        if out.logits is not None:
-            part = {"logits": np.asarray(out.logits, dtype=np.float32)}
-        else:
-            part = {"topk_logprobs": np.asarray(out.topk_logprobs, dtype=np.float32),
-                    "topk_indices": np.asarray(out.topk_indices, dtype=np.int64)}
-        part["id"] = np.asarray(out.ids, dtype=np.int64)
-        rows[start] = part
-    width = len(label_map) if label_map is not None else num_classes
-    ordered = [rows[s] for s in sorted(rows)]
-    if not ordered:
-        raise DataError(f"teacher '{teacher}': no inputs to label (empty dataset)")
-    cols = {k: np.concatenate([r[k] for r in ordered]) for k in ordered[0]}
-    if not np.array_equal(cols["id"], data.ids):
-        raise DataError(f"teacher '{teacher}': endpoint answered for ids that differ from the ones sent")
-    probs = _probs_from_columns(cols, width, f"endpoint of teacher '{teacher}'")
-    lm = validate_label_map(label_map, probs.shape[1], num_classes, where=f"teacher '{teacher}'")
-    return PredictionTable(teacher, cols["id"], probs, lm, num_classes, {"teacher": teacher, "source": "endpoint"})
+    from crossdistill.teacher.labeling import label_dataset
+
+    readers = [data] if isinstance(data, DatasetReader) else list(data)
+    parts = [part for reader in readers
+             for part in label_dataset(teacher, reader, batch_size=batch_size, progress=progress) if len(part)]
+    if not parts:
+        raise DataError(f"teacher '{name}': no inputs to label (empty dataset)")
+    keep = [c for c in parts[0].outputs if not c.startswith("layer/")]
+    cols = {c: np.concatenate([p.outputs[c] for p in parts]) for c in keep}
+    meta = teacher.metadata()
+    width = len(label_map) if label_map is not None else (meta.get("num_classes") or num_classes)
+    probs = _probs_from_columns(cols, width, f"teacher '{name}'")
+    lm = label_map if label_map is not None else meta.get("label_map")
+    lm_arr = validate_label_map(lm, probs.shape[1], num_classes, where=f"teacher '{name}'")
+    return PredictionTable(name, np.concatenate([p.ids for p in parts]), probs, lm_arr, num_classes,
+                           {"teacher": name, "mode": "topk" if "topk_logprobs" in cols else "dense",
+                            "class_names": meta.get("class_names")})
 
 
 def stack_tables(tables: Sequence[PredictionTable], ids: np.ndarray, *, where: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -251,20 +245,25 @@ class TeacherSource(StrictConfig):
         return self
 
 
-def load_source(src: TeacherSource, *, num_classes: int, data: Dataset | None = None,
-                batch_size: int = 256) -> PredictionTable:
-    """The table of ``src``: read from storage, or by querying its endpoint on ``data``'s inputs."""
-    if src.table is not None:
-        return load_table(src.table, teacher=src.name, label_map=src.label_map, num_classes=num_classes)
-    if data is None or "x" not in data:
-        raise DataError(f"teacher '{src.name}' is a live endpoint: it needs a dataset with inputs 'x' to label")
-    from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
+def open_source(src: TeacherSource) -> Any:
+    """The teacher of ``src`` behind the one teacher interface: its stored table, or its endpoint."""
+    from crossdistill.teacher.client import TeacherClientConfig
+    from crossdistill.teacher.labeling import StoredTeacher, open_teacher
 
-    client = TeacherClient(TeacherClientConfig.parse(src.endpoint, source=f"teacher '{src.name}' endpoint"))
-    try:
-        return table_from_endpoint(client, data, teacher=src.name, num_classes=num_classes,
-                                   label_map=src.label_map, batch_size=batch_size)
-    finally:
-        close = getattr(client, "close", None)
-        if callable(close):
-            close()
+    if src.table is not None:
+        return StoredTeacher(src.table, name=src.name)
+    return open_teacher(TeacherClientConfig.parse(src.endpoint, source=f"teacher '{src.name}' endpoint"))
+
+
+def load_source(src: TeacherSource, *, num_classes: int, data: DatasetReader | Sequence[DatasetReader] = (),
+                batch_size: int = 256) -> PredictionTable:
+    """The table of ``src`` on the rows of ``data``: its stored table (all of it when no data is given)
+    or its endpoint's answers, both through ``table_from_teacher``."""
+    readers = [data] if isinstance(data, DatasetReader) else list(data)
+    if not readers:
+        if src.table is None:
+            raise DataError(f"teacher '{src.name}' is a live endpoint: it needs a dataset with inputs to label")
+        return load_table(src.table, teacher=src.name, label_map=src.label_map, num_classes=num_classes)
+    with open_source(src) as teacher:
+        return table_from_teacher(teacher, readers, name=src.name, num_classes=num_classes,
+                                  label_map=src.label_map, batch_size=batch_size)

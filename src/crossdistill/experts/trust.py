@@ -21,7 +21,7 @@ from pydantic import Field
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import read_dataset
+from crossdistill.data.shards import DatasetReader, read_dataset
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.experts.tables import PredictionTable, TeacherSource, load_source, stack_tables
 
@@ -255,7 +255,7 @@ def run_trust_model_train(cfg: TrustModelTrainConfig) -> dict[str, Any]:
     if len(labeled) == 0:
         raise DataError(f"{cfg.val}: the validation part has no labeled examples (all y=-1 or empty); "
                         "trust models need ground truth")
-    tables = [load_source(s, num_classes=int(num_classes), data=labeled, batch_size=cfg.batch_size)
+    tables = [load_source(s, num_classes=int(num_classes), data=DatasetReader(cfg.val), batch_size=cfg.batch_size)
               for s in cfg.teachers]
     x = labeled["x"] if "x" in labeled else None
     models, metrics = train_trust_models(tables, x, labeled["y"], labeled.ids, model=cfg.model,

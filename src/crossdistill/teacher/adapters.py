@@ -29,6 +29,13 @@ TORCHSCRIPT_META = "crossdistill.json"
 _PROB_FLOOR = 1e-12
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line (frameworks raise pages of C++ context)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class TeacherAdapter(ABC):
     """A loaded teacher: inputs ``(N, *input_shape)`` float32 -> logits ``(N, num_classes)``."""
 
@@ -53,6 +60,8 @@ class TeacherAdapter(ABC):
     def predict(self, x: np.ndarray, layers: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Logits (log of the outputs when the model ends in softmax) plus each requested layer."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if not x.flags.writeable:  # e.g. a view of a Parquet column: frameworks want their own buffer
+            x = x.copy()
         if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
             raise TeacherError(f"input has shape {list(x.shape)}, teacher {self.source} expects "
                                f"[N, {', '.join(map(str, self.input_shape))}]")
@@ -110,7 +119,7 @@ class KerasAdapter(TeacherAdapter):
         try:
             self.model = keras.saving.load_model(str(path), compile=False)
         except Exception as exc:  # keras raises many types for a broken archive
-            raise ModelFormatError(f"{source}: cannot load as a Keras .keras model: {exc}") from None
+            raise ModelFormatError(f"{source}: cannot load as a Keras .keras model: {first_line(exc)}") from None
         self.input_shape = tuple(int(d) for d in self.model.input_shape[1:])
         self.num_classes = int(self.model.output_shape[-1])
         self.num_parameters = int(self.model.count_params())
@@ -159,7 +168,7 @@ class SavedModelAdapter(TeacherAdapter):
         except KeyError:
             raise ModelFormatError(f"{source}: SavedModel has no 'serving_default' signature") from None
         except Exception as exc:
-            raise ModelFormatError(f"{source}: cannot load as a TF SavedModel: {exc}") from None
+            raise ModelFormatError(f"{source}: cannot load as a TF SavedModel: {first_line(exc)}") from None
         args = self._fn.structured_input_signature[1]
         if len(args) != 1:
             raise ModelFormatError(f"{source}: serving_default takes {sorted(args)}, expected one input tensor")
@@ -206,7 +215,7 @@ class TorchScriptAdapter(TeacherAdapter):
         try:
             self.model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
         except Exception as exc:
-            raise ModelFormatError(f"{source}: cannot load as a TorchScript archive: {exc}") from None
+            raise ModelFormatError(f"{source}: cannot load as a TorchScript archive: {first_line(exc)}") from None
         meta = json.loads(extra[TORCHSCRIPT_META]) if extra[TORCHSCRIPT_META] else {}
         if meta.get("input_shape"):
             self.input_shape = tuple(int(d) for d in meta["input_shape"])
@@ -216,8 +225,12 @@ class TorchScriptAdapter(TeacherAdapter):
         self._sequential = self.model.original_name == "Sequential"
         self._dict_layers: list[str] = []
         if self.input_shape is not None:
-            with torch.no_grad():
-                probe = self.model(torch.zeros((1, *self.input_shape)))
+            try:
+                with torch.no_grad():
+                    probe = self.model(torch.zeros((1, *self.input_shape)))
+            except Exception as exc:  # the archive's recorded input shape does not fit the module
+                raise ModelFormatError(f"{source}: a forward pass on 'input' of the recorded input_shape "
+                                       f"{[1, *self.input_shape]} failed: {first_line(exc)}") from None
             if isinstance(probe, dict):
                 self._dict_layers = [k for k in probe if k != LOGITS]
 
@@ -265,11 +278,14 @@ class OnnxAdapter(TeacherAdapter):
             self._proto = onnx.load(str(path))
             onnx.checker.check_model(self._proto)
         except Exception as exc:
-            raise ModelFormatError(f"{source}: not a valid ONNX model: {exc}") from None
+            raise ModelFormatError(f"{source}: not a valid ONNX model: {first_line(exc)}") from None
         self._threads = threads
         self._sessions: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
-        base = self._session(())
+        try:
+            base = self._session(())
+        except Exception as exc:  # onnxruntime refuses a graph the checker let through
+            raise ModelFormatError(f"{source}: onnxruntime cannot load the ONNX model: {first_line(exc)}") from None
         inp = base.get_inputs()
         if len(inp) != 1:
             raise ModelFormatError(f"{source}: ONNX graph has inputs {[i.name for i in inp]}, expected one")
@@ -361,7 +377,10 @@ def load_teacher(uri: str, fmt: str = "auto", output_is_probs: bool = False, *,
     if fmt != "auto" and fmt not in FORMATS:
         raise ModelFormatError(f"model_format '{fmt}' is not one of auto, {', '.join(FORMATS)}")
     with storage.local_copy(uri) as path:
-        found = detect_format(path)
+        try:
+            found = detect_format(path)
+        except OSError as exc:
+            raise ModelFormatError(f"{uri}: cannot read the model: {exc.strerror or first_line(exc)}") from None
         if fmt == "auto":
             fmt_used = found or _suffix_format(path)
             if fmt_used is None:

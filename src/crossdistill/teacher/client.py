@@ -2,34 +2,53 @@
 
 ``TeacherClient.stream`` keeps ``max_in_flight`` requests outstanding (gRPC futures, no extra threads)
 so the teacher computes the next batches while the student steps on this one, and yields answers in
-completion order. Each answer is paired with its batch by the ids the teacher echoes: a response
-whose ids differ from its request's is an error, never silently re-aligned. Every tensor is checked
+completion order. Each answer is paired with the request it answers (a unary call); when the teacher
+echoes ``ids`` they must equal the request's, never silently re-aligned. Every tensor is checked
 (name, dtype, shape, finite values) before the student sees it.
+
+A teacher outage is ridden out for up to ``deadline_s``: a failed call is retried after a jittered,
+capped backoff kept on a timer heap inside the stream loop (the other calls go on meanwhile), retries
+wait for the channel to reconnect, and a warning is logged about every 10 s while the teacher is away.
+A batch whose request or answer would exceed the agreed message size is split into several calls and
+the answers joined, unseen by the caller.
 """
 
 from __future__ import annotations
 
+import heapq
+import ipaddress
 import itertools
+import json
+import logging
 import queue
+import random
+import re
 import sys
 import time
+import urllib.parse
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from crossdistill.config import StrictConfig
 from crossdistill.errors import TeacherError, TeacherResponseError, TeacherUnavailableError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.protocol import TeacherOutput
+from crossdistill.teacher.transport import ClientTLS, open_channel
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_MAX_MESSAGE = 256 << 20
-_FLOAT = {"FP32": np.float32, "FP16": np.float16}
+_CHANNEL_MAX_MESSAGE = 1 << 30  # the channel's own cap when max_message_bytes is unset: splitting keeps below it
+_MESSAGE_OVERHEAD = 4096  # names, shapes, parameters and framing of one message, beyond its tensor bytes
+_TICK_S = 1.0  # the stream loop looks at its retry timers and outage log at least this often
+_LOG_AFTER_S, _LOG_EVERY_S = 2.0, 10.0  # an outage is logged once it lasts this long, then this often
+_FLOAT = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents"}
 _NP = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
 
@@ -50,35 +69,109 @@ def oip_modules() -> tuple[Any, Any]:
     return pb, pb_grpc
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_url(url: str) -> str:
+    """``url`` if it names a teacher: ``host:port``, ``dns:///host:port`` or ``inprocess:<model uri>``.
+
+    ``host`` is an IPv4 address, a bracketed IPv6 address or a DNS name; ``port`` is 1-65535. Anything
+    else raises ValueError saying what was expected (pydantic reports it under the field's name).
+    """
+    if url.startswith(P.INPROCESS):
+        if not url[len(P.INPROCESS):].strip():
+            raise ValueError("inprocess: needs the teacher model's URI, e.g. inprocess:/models/teacher.keras")
+        return url
+    _check_target(url[len("dns:///"):] if url.startswith("dns:///") else url)
+    return url
+
+
+def _check_target(target: str) -> None:
+    """One ``host:port`` (the unit a list of replicas would repeat)."""
+    expected = "expected host:port (IPv4, [IPv6] or DNS name, port 1-65535), dns:///name:port or inprocess:<uri>"
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"'{target}' is not a teacher address: {expected}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"'{host}' is not an IPv6 address: {expected}") from None
+        return
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"'{host}' is not an IPv4 address: {expected}") from None
+        return
+    if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        raise ValueError(f"'{host}' is not a host name: {expected}")
+
+
 class TeacherClientConfig(StrictConfig):
     """How the student calls the teacher."""
 
-    url: str = Field(..., description="host:port of the teacher's OIP gRPC endpoint, or inprocess:<model uri> "
-                                      "to run the teacher inside this process (co-located baseline)")
+    url: str = Field(..., description="the teacher's OIP gRPC endpoint: host:port (IPv4, [IPv6] or DNS name), "
+                                      "dns:///name:port, or inprocess:<model uri> to run the teacher inside "
+                                      "this process (co-located baseline)")
     model_name: str = P.DEFAULT_MODEL_NAME
     max_in_flight: int = Field(4, ge=1, description="requests outstanding at once in stream()")
     timeout_s: float = Field(60.0, gt=0, description="per attempt")
-    retries: int = Field(5, ge=0, description="extra attempts on UNAVAILABLE / DEADLINE_EXCEEDED")
-    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles per retry")
-    deadline_s: float = Field(300.0, gt=0, description="overall time for one batch, retries included")
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles per retry up to backoff_max_s "
+                                                     "(each delay drawn from [50%, 100%] of that)")
+    backoff_max_s: float = Field(10.0, ge=0, description="longest delay between two attempts of one request")
+    deadline_s: float = Field(600.0, gt=0, description="how long one request may stay unanswered, retries "
+                                                       "included: a teacher outage this long is ridden out")
+    max_message_bytes: int | None = Field(
+        None, ge=1 << 12, description="largest gRPC message either way; None = what the server advertises "
+                                      "(64 MiB when it says nothing); larger batches go as several requests")
     top_k: int = Field(0, ge=0, description="0 = dense logits")
     temperature: float = Field(1.0, gt=0, description="for top-k log-probabilities")
     fp16: bool = False
     layers: list[str] = Field(default_factory=list, description="intermediate layers to return")
+    token_file: str | None = Field(None, description="file holding the teacher's bearer token, sent on every call")
+    tls: ClientTLS | None = Field(None, description="TLS towards the teacher (ca_file, cert_file + key_file for "
+                                                    "mutual TLS, server_name); None = plain text")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_url(value)
+
+
+@dataclass
+class _Job:
+    """One caller batch: its payload and the answers of the calls it went out as (one unless split)."""
+
+    payload: Any
+    answers: list[TeacherOutput | None]
 
 
 @dataclass
 class _Call:
-    """One batch on the wire: its request, its current attempt and what to hand back with the answer."""
+    """One request on the wire: part ``part`` of ``job``, its current attempt and when it was first sent."""
 
     key: int
+    job: _Job
+    part: int
     ids: np.ndarray
-    batch_size: int
-    payload: Any
     request: Any
-    started: float
+    started: float = 0.0
     attempt: int = 0
     future: Any = None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _Outage:
+    """The teacher has not answered since ``since``: the last reason, and when it was last logged."""
+
+    since: float
+    reason: str = ""
+    logged: float | None = None
 
 
 class TeacherClient:
@@ -87,11 +180,24 @@ class TeacherClient:
     def __init__(self, cfg: TeacherClientConfig) -> None:
         self.cfg = cfg
         self._pb, pb_grpc = oip_modules()
-        self._channel = grpc.insecure_channel(cfg.url, options=[
-            ("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE)])
+        self._channel = open_channel(cfg.url, token_file=cfg.token_file, tls=cfg.tls, options=self._channel_options())
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._keys = itertools.count()
         self._meta: dict[str, Any] | None = None
+        self._outage: _Outage | None = None
+        self._seen_row_bytes = 0  # largest answer per row so far, for splitting when metadata says too little
+
+    def _channel_options(self) -> list[tuple[str, int]]:
+        """Message caps, and reconnect attempts no further apart than ``backoff_max_s`` during an outage.
+
+        The connection is this client's own (a local subchannel pool): a new client dials at once
+        instead of inheriting another client's reconnect backoff from an outage that has ended.
+        """
+        cap = self.cfg.max_message_bytes or _CHANNEL_MAX_MESSAGE
+        reconnect_ms = max(100, int(self.cfg.backoff_max_s * 1000))
+        return [("grpc.max_send_message_length", cap), ("grpc.max_receive_message_length", cap),
+                ("grpc.initial_reconnect_backoff_ms", min(1000, reconnect_ms)),
+                ("grpc.max_reconnect_backoff_ms", reconnect_ms), ("grpc.use_local_subchannel_pool", 1)]
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -115,6 +221,8 @@ class TeacherClient:
                     return
                 last = "server up, model not ready"
             except grpc.RpcError as exc:
+                if exc.code() not in (*_RETRYABLE, grpc.StatusCode.NOT_FOUND):  # a wrong token will not heal
+                    raise self._rpc_error(exc) from None
                 last = f"{exc.code().name}: {exc.details()}"
             if time.monotonic() >= end:
                 raise TeacherUnavailableError(f"teacher at {self.cfg.url} (model '{self.cfg.model_name}') not ready "
@@ -137,65 +245,114 @@ class TeacherClient:
         logits = tensors_out.get(P.LOGITS)
         meta["num_classes"] = logits[-1] if logits and len(logits) == 2 and logits[-1] > 0 else None
         meta["layers"] = {n[len(P.LAYER_PREFIX):]: s for n, s in tensors_out.items() if n.startswith(P.LAYER_PREFIX)}
+        meta["max_message_bytes"], meta["class_names"] = None, None
         for token in resp.platform.split()[1:]:
             key, _, value = token.partition("=")
             if value.isdigit():
                 meta[key] = int(value)
+            elif key == "class_names":
+                meta[key] = _class_names(value)
         self._meta = meta
         return meta
 
     # ------------------------------------------------------------------ inference
     def infer(self, ids: np.ndarray, x: np.ndarray) -> TeacherOutput:
-        """The teacher's answer for one batch (blocking, with retries)."""
+        """The teacher's answer for one batch (blocking, with retries; split when too large for one message)."""
         out, _ = next(self.stream([(ids, x, None)]))
         return out
 
     def wire_bytes(self, ids: np.ndarray, x: np.ndarray) -> tuple[int, int]:
         """Serialized sizes ``(request, response)`` of one batch as it crosses the wire (protobuf bytes)."""
         self._expectations()
-        call = self._new_call(ids, x, None)
+        call = self._new_call(_Job(None, [None]), 0, *_as_batch(ids, x))
         response = self._stub.ModelInfer(call.request, timeout=self.cfg.timeout_s)
         self._decode(call, response)  # the answer must still be valid
         return call.request.ByteSize(), response.ByteSize()
 
-    def stream(self, batches: Iterable[tuple[np.ndarray, np.ndarray, T]]) -> Iterator[tuple[TeacherOutput, T]]:
-        """Answers for ``(ids, x, payload)`` batches, ``max_in_flight`` outstanding, in completion order."""
+    def message_limit(self) -> int:
+        """Bytes one message may hold either way: the server's advertised limit, capped by ours."""
         self._expectations()
-        done: queue.Queue[_Call] = queue.Queue()
-        pending: dict[int, _Call] = {}
+        advertised = (self._meta or {}).get("max_message_bytes") or P.DEFAULT_MAX_MESSAGE_BYTES
+        return min(advertised, self.cfg.max_message_bytes or advertised)
+
+    def stream(self, batches: Iterable[tuple[np.ndarray, np.ndarray, T]]) -> Iterator[tuple[TeacherOutput, T]]:
+        """Answers for ``(ids, x, payload)`` batches, ``max_in_flight`` requests outstanding, in completion order.
+
+        Every batch is yielded exactly once. A call that fails with UNAVAILABLE or DEADLINE_EXCEEDED is
+        retried (after its backoff, from a timer heap: the other calls go on) until it has been
+        unanswered for ``deadline_s``; then TeacherUnavailableError.
+        """
+        self._expectations()
+        done: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        unsent: deque[_Call] = deque()  # parts of a split batch waiting for a free slot
+        timers: list[tuple[float, int, _Call]] = []  # failed calls waiting out their backoff
+        active: dict[int, _Call] = {}  # on the wire or waiting to be retried
         source = iter(batches)
         exhausted = False
         try:
             while True:
-                while not exhausted and len(pending) < self.cfg.max_in_flight:
-                    try:
-                        ids, x, payload = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    call = self._new_call(ids, x, payload)
-                    pending[call.key] = call
+                while len(active) < self.cfg.max_in_flight and (unsent or not exhausted):
+                    if not unsent:
+                        try:
+                            unsent.extend(self._split(*next(source)))
+                        except StopIteration:
+                            exhausted = True
+                            break
+                    call = unsent.popleft()
+                    active[call.key] = call
                     self._send(call, done)
-                if not pending:
+                if not active:
                     return
-                call = done.get()
+                now = time.monotonic()
+                while timers and timers[0][0] <= now:
+                    self._send(heapq.heappop(timers)[2], done)
+                self._log_outage(now)
+                wait = min(_TICK_S, timers[0][0] - now) if timers else _TICK_S
+                try:
+                    call = done.get(timeout=max(0.0, wait))
+                except queue.Empty:
+                    continue
                 exc = call.future.exception()
                 if exc is not None:
-                    self._retry_or_raise(call, exc, done)
+                    heapq.heappush(timers, (self._retry_at(call, exc), call.key, call))
                     continue
-                del pending[call.key]
-                yield self._decode(call, call.future.result()), call.payload
+                del active[call.key]
+                joined = self._answered(call, call.future.result())
+                if joined is not None:
+                    yield joined, call.job.payload
         finally:
-            for call in pending.values():
+            for call in active.values():
                 if call.future is not None:
                     call.future.cancel()
 
-    def _new_call(self, ids: np.ndarray, x: np.ndarray, payload: Any) -> _Call:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-        if x.ndim < 2 or len(x) != len(ids):
-            raise TeacherError(f"batch 'input' has shape {list(x.shape)} and 'ids' {list(ids.shape)}: expected "
-                               f"[B, ...] and [B]")
+    def _split(self, ids: np.ndarray, x: np.ndarray, payload: Any) -> list[_Call]:
+        """The calls one batch goes out as: as many rows per call as fit the message limit both ways."""
+        ids, x = _as_batch(ids, x)
+        limit = self.message_limit()
+        row_in = int(np.prod(x.shape[1:], dtype=np.int64)) * 4 + 8
+        row_out = self._answer_row_bytes()
+        room = limit - _MESSAGE_OVERHEAD
+        if max(row_in, row_out) > room:
+            raise TeacherError(f"one row of the request to {self.cfg.url} ({row_in} bytes of 'input' + 'ids') or of "
+                               f"its answer (~{row_out} bytes) exceeds the message limit of {limit} bytes "
+                               f"(max_message_bytes, the smaller of the server's and teacher.max_message_bytes)")
+        rows = max(1, room // max(row_in, row_out))
+        starts = range(0, len(ids), rows) or range(1)
+        job = _Job(payload, [None] * len(starts))
+        return [self._new_call(job, part, ids[lo:lo + rows], x[lo:lo + rows]) for part, lo in enumerate(starts)]
+
+    def _answer_row_bytes(self) -> int:
+        """Bytes per row of an answer: from the metadata (classes, top-k, layer shapes), or as seen so far."""
+        meta = self._meta or {}
+        width = 2 if self.cfg.fp16 else 4
+        row = 8 + (self.cfg.top_k * (width + 8) if self.cfg.top_k else (meta.get("num_classes") or 0) * width)
+        for name in self.cfg.layers:
+            shape = meta.get("layers", {}).get(name) or []
+            if len(shape) > 1 and all(d > 0 for d in shape[1:]):
+                row += int(np.prod(shape[1:], dtype=np.int64)) * width
+        return max(row, self._seen_row_bytes)
+
+    def _new_call(self, job: _Job, part: int, ids: np.ndarray, x: np.ndarray) -> _Call:
         pb = self._pb
         key = next(self._keys)
         params = {P.PARAM_TOP_K: pb.InferParameter(int64_param=self.cfg.top_k),
@@ -208,26 +365,62 @@ class TeacherClient:
             inputs=[pb.ModelInferRequest.InferInputTensor(name=P.INPUT, datatype="FP32", shape=list(x.shape)),
                     pb.ModelInferRequest.InferInputTensor(name=P.IDS, datatype="INT64", shape=[len(ids)])],
             raw_input_contents=[x.tobytes(), ids.tobytes()])
-        return _Call(key, ids, len(ids), payload, request, time.monotonic())
+        return _Call(key, job, part, ids, request)
 
-    def _send(self, call: _Call, done: queue.Queue[_Call]) -> None:
-        remaining = self.cfg.deadline_s - (time.monotonic() - call.started)
-        call.future = self._stub.ModelInfer.future(call.request, timeout=max(0.01, min(self.cfg.timeout_s, remaining)))
+    def _send(self, call: _Call, done: queue.SimpleQueue[_Call]) -> None:
+        """Put ``call`` on the wire; a retry waits for the channel to reconnect (within its timeout)."""
+        now = time.monotonic()
+        if call.attempt == 0:
+            call.started = now
+        remaining = self.cfg.deadline_s - (now - call.started)
+        call.future = self._stub.ModelInfer.future(call.request, timeout=max(0.01, min(self.cfg.timeout_s, remaining)),
+                                                   wait_for_ready=call.attempt > 0)
         call.future.add_done_callback(lambda _f, c=call: done.put(c))
 
-    def _retry_or_raise(self, call: _Call, exc: BaseException, done: queue.Queue[_Call]) -> None:
+    def _retry_at(self, call: _Call, exc: BaseException) -> float:
+        """When to send ``call`` again after ``exc``; raises when it is not retryable or the deadline is spent."""
         if not isinstance(exc, grpc.RpcError) or exc.code() not in _RETRYABLE:
             raise self._rpc_error(exc) from None
-        elapsed = time.monotonic() - call.started
-        delay = self.cfg.backoff_s * (2 ** call.attempt)
-        if call.attempt >= self.cfg.retries or elapsed + delay >= self.cfg.deadline_s:
+        now = time.monotonic()
+        outage = self._outage or _Outage(since=now)
+        self._outage = outage
+        if exc.code() == grpc.StatusCode.UNAVAILABLE or not outage.reason:  # a timeout says less than the cause
+            outage.reason = f"{exc.code().name} ({exc.details()})"
+        waited = now - call.started
+        if waited >= self.cfg.deadline_s:
             raise TeacherUnavailableError(
-                f"teacher at {self.cfg.url} (model '{self.cfg.model_name}') did not answer: {exc.code().name} "
-                f"({exc.details()}) after {call.attempt + 1} attempt(s) in {elapsed:.1f}s "
-                f"(retries={self.cfg.retries}, deadline_s={self.cfg.deadline_s})") from None
-        time.sleep(delay)
+                f"teacher at {self.cfg.url} (model '{self.cfg.model_name}') unavailable for {now - outage.since:.0f} s: "
+                f"{outage.reason}; a request went unanswered for {waited:.1f} s over {call.attempt + 1} attempt(s) "
+                f"(deadline_s={self.cfg.deadline_s}); start the teacher again (a run resumes from its checkpoint) "
+                f"or raise teacher.deadline_s") from None
+        delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2.0 ** min(call.attempt, 30)) * random.uniform(0.5, 1)
         call.attempt += 1
-        self._send(call, done)
+        return now + min(delay, self.cfg.deadline_s - waited)
+
+    def _log_outage(self, now: float) -> None:
+        """A warning once an outage has lasted ``_LOG_AFTER_S``, then every ``_LOG_EVERY_S``."""
+        outage = self._outage
+        if outage is None or now - outage.since < _LOG_AFTER_S:
+            return
+        if outage.logged is None or now - outage.logged >= _LOG_EVERY_S:
+            outage.logged = now
+            log.warning("teacher at %s unavailable for %.0f s, retrying: %s (deadline_s=%s)", self.cfg.url,
+                        now - outage.since, outage.reason, self.cfg.deadline_s)
+
+    def _answered(self, call: _Call, response: Any) -> TeacherOutput | None:
+        """Decode one answer into its job; the job's joined answer once every part is in, else None."""
+        out = self._decode(call, response)
+        if call.batch_size:
+            self._seen_row_bytes = max(self._seen_row_bytes, -(-response.ByteSize() // call.batch_size))
+        if self._outage is not None:
+            if self._outage.logged is not None:
+                log.warning("teacher at %s answers again after %.0f s", self.cfg.url, time.monotonic() - self._outage.since)
+            self._outage = None
+        job = call.job
+        job.answers[call.part] = out
+        if any(a is None for a in job.answers):
+            return None
+        return _join([a for a in job.answers if a is not None])
 
     def _rpc_error(self, exc: BaseException) -> TeacherError:
         if isinstance(exc, grpc.RpcError):
@@ -248,15 +441,19 @@ class TeacherClient:
     def _decode(self, call: _Call, resp: Any) -> TeacherOutput:
         tensors = _tensors(resp)
         b = call.batch_size
-        ids = self._take(tensors, P.IDS, ("INT64", "INT32"), (b,), call).astype(np.int64)
-        if not np.array_equal(ids, call.ids):
-            bad = int(np.flatnonzero(ids != call.ids)[0])
-            raise TeacherResponseError(
-                f"tensor '{P.IDS}' from {self.cfg.url} does not echo the request's ids (position {bad}: got "
-                f"{ids[bad]}, expected {call.ids[bad]}): the answer belongs to another batch")
+        if P.IDS in tensors:  # an echo is optional (a stock OIP server sends none); when sent it must match
+            dtype, shape, echo = tensors[P.IDS]
+            if shape == [b, 1]:
+                tensors[P.IDS] = (dtype, [b], echo.reshape(b))
+            ids = self._take(tensors, P.IDS, ("INT64", "INT32"), (b,), call).astype(np.int64)
+            if not np.array_equal(ids, call.ids):
+                bad = int(np.flatnonzero(ids != call.ids)[0])
+                raise TeacherResponseError(
+                    f"tensor '{P.IDS}' from {self.cfg.url} does not echo the request's ids (position {bad}: got "
+                    f"{ids[bad]}, expected {call.ids[bad]}): the answer belongs to another batch")
         meta = self._meta or {}
         c = meta.get("num_classes")
-        out = TeacherOutput(ids=ids, temperature=float(self.cfg.temperature))
+        out = TeacherOutput(ids=call.ids, temperature=float(self.cfg.temperature))
         if self.cfg.top_k == 0:
             out.logits = self._take(tensors, P.LOGITS, tuple(_FLOAT), (b, c), call, finite=True)
         else:
@@ -299,6 +496,31 @@ class TeacherClient:
         return array.astype(np.float32) if dtype in _FLOAT else array
 
 
+def _as_batch(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, x)`` as contiguous int64 ``[B]`` and float32 ``[B, ...]``, else TeacherError."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if x.ndim < 2 or len(x) != len(ids):
+        raise TeacherError(f"batch 'input' has shape {list(x.shape)} and 'ids' {list(ids.shape)}: expected "
+                           f"[B, ...] and [B]")
+    return ids, x
+
+
+def _join(parts: list[TeacherOutput]) -> TeacherOutput:
+    """One answer from the answers of a batch's consecutive row ranges."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    first = parts[0]
+    return TeacherOutput(ids=np.concatenate([p.ids for p in parts]), logits=cat([p.logits for p in parts]),
+                         topk_logprobs=cat([p.topk_logprobs for p in parts]),
+                         topk_indices=cat([p.topk_indices for p in parts]), temperature=first.temperature,
+                         layers={n: np.concatenate([p.layers[n] for p in parts]) for n in first.layers})
+
+
 def _tensors(resp: Any) -> dict[str, tuple[str, list[int], np.ndarray]]:
     """``{name: (datatype, shape, array)}`` from raw binary contents or typed contents."""
     out = {}
@@ -320,3 +542,12 @@ def _tensors(resp: Any) -> dict[str, tuple[str, list[int], np.ndarray]]:
                                        f"{flat.size}")
         out[t.name] = (t.datatype, shape, flat.reshape(shape))
     return out
+
+
+def _class_names(value: str) -> list[str] | None:
+    """The ``class_names=<quoted JSON list>`` token of a crossdistill server's platform string."""
+    try:
+        names = json.loads(urllib.parse.unquote(value))
+    except ValueError:
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None

@@ -6,8 +6,13 @@ log-probabilities), ``fp16`` (bool, halves the logits on the wire), ``layers`` (
 names of intermediate layers to return). Response: ``ids`` echoed, then ``logits`` (``[B, C]``), or
 ``topk_logprobs`` + ``topk_indices`` (``[B, k]``: log-softmax(z / T) of the k largest classes, so the
 student knows exactly how much probability mass lies outside the top k), and ``layer/<name>`` per
-requested layer. Any OIP server that returns ``logits`` for ``input`` (Triton, MLServer, ...) can
-teach in dense mode.
+requested layer. Any OIP server that returns ``logits`` (``[B, C]``, FP32/FP64/FP16) for ``input``
+(Triton, MLServer, ...) can teach in dense mode: the client pairs an answer with its request, and
+checks the ``ids`` echo (``[B]`` or ``[B, 1]``) only when the server sends one.
+
+Messages in either direction stay under one size limit: the server advertises ``max_message_bytes``
+in its metadata (``DEFAULT_MAX_MESSAGE_BYTES`` when it does not) and the client splits a batch whose
+request or answer would exceed it into several calls.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ PARAM_FP16 = "fp16"
 PARAM_LAYERS = "layers"
 
 DEFAULT_MODEL_NAME = "teacher"
+INPROCESS = "inprocess:"  # teacher.url prefix: the teacher runs inside the caller's process
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # one gRPC message, either direction, when a server advertises no limit
 
 
 @dataclass
