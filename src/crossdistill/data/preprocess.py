@@ -71,20 +71,26 @@ class Preprocessor:
         self.where = where
 
     def __call__(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        return self.normalize(self.decode(columns))
+
+    def decode(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """The batch's inputs as stored values (encoded images decoded to uint8 ``[B, C, H, W]``): compact,
+        for a shuffle buffer to hold; :meth:`normalize` makes them model-ready."""
         name = input_column(columns, self.where)
-        if name == "image":
-            x = self._decode(columns["image"], columns.get("id"))
-        else:
-            x = columns[name].astype(np.float32, copy=False)
-        scale = self.spec.get("scale")
+        return self._decode(columns["image"], columns.get("id")) if name == "image" else columns[name]
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Decoded inputs -> contiguous float32 ``(x * scale - mean) / std`` (each part of the spec optional)."""
+        scale, mean, std = self.spec.get("scale"), self.spec.get("mean"), self.spec.get("std")
+        x = np.array(x, dtype=np.float32) if scale is not None or mean is not None or std is not None \
+            else x.astype(np.float32, copy=False)  # a copy of its own when it is changed in place below
         if scale is not None:
-            x = x * np.float32(scale)
-        mean, std = self.spec.get("mean"), self.spec.get("std")
+            x *= np.float32(scale)
         if mean is not None:
-            x = x - np.asarray(mean, dtype=np.float32).reshape(self._channel_shape(x))
+            x -= np.asarray(mean, dtype=np.float32).reshape(self._channel_shape(x))
         if std is not None:
-            x = x / np.asarray(std, dtype=np.float32).reshape(self._channel_shape(x))
-        return np.ascontiguousarray(x, dtype=np.float32)
+            x /= np.asarray(std, dtype=np.float32).reshape(self._channel_shape(x))
+        return np.ascontiguousarray(x)
 
     def _image_params(self) -> tuple[tuple[int, int], int]:
         size, channels = self.spec.get("size"), self.spec.get("channels")
@@ -98,7 +104,7 @@ class Preprocessor:
 
     def _decode(self, images: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
         size, channels = self._image_params()
-        out = np.empty((len(images), channels, *size), dtype=np.float32)
+        out = np.empty((len(images), channels, *size), dtype=np.uint8)
         for i, data in enumerate(images):
             where = f"{self.where}: id {ids[i]}" if ids is not None else f"{self.where}: row {i} of the batch"
             out[i] = decode_image(data, size, channels, where)

@@ -217,10 +217,13 @@ class DatasetWriter:
             name = f"shard-{len(self.shards):05d}.parquet"
             ctx = storage.atomic_open(storage.join(self.uri, name), "wb")
             hashing = _HashingFile(ctx.__enter__())
-            # Dictionary encoding only pays for small integer columns (labels); on float features it
-            # costs ~6x the write time and makes files larger.
-            small = [k for k, v in self.spec.items() if k == "y" or v["dtype"] in ("int8", "uint8", "bool")]
-            writer = pq.ParquetWriter(hashing, table.schema, compression="zstd", use_dictionary=small or False)
+            # Dictionary encoding only pays for small scalar integer columns (labels); on float features it
+            # costs ~6x the write time and makes files larger. Min/max statistics only for scalar columns
+            # (a multi-dimensional cell's would be two more copies of a whole row).
+            scalar = [k for k, v in self.spec.items() if not v["shape"] and v["dtype"] != BINARY]
+            small = [k for k in scalar if k == "y" or self.spec[k]["dtype"] in ("int8", "uint8", "bool")]
+            writer = pq.ParquetWriter(hashing, table.schema, compression="zstd", use_dictionary=small or False,
+                                      write_statistics=scalar or False)
             self._open = (ctx, hashing, writer, {"name": name, "num_examples": 0, "row_groups": []})
         _, _, writer, entry = self._open
         writer.write_table(table, row_group_size=len(table))

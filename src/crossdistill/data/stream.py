@@ -12,16 +12,20 @@ still in the buffer at that point and goes on; nothing skipped reaches a model o
 
 Reading a fragment, reading its soft labels in step (same global rows of the soft-label dataset, ids
 checked) and decoding the inputs (:class:`Preprocessor`) run in ``num_workers`` DataLoader workers
-(in this process when 0). Fragments come back in job order whatever the number of workers, so the
+(in this process when 0, by one read-ahead thread); the buffer holds the decoded values as stored (uint8 pixels stay uint8) and
+each drawn batch is normalised to float32. Fragments come back in job order whatever the number of workers, so the
 batch order does not depend on ``num_workers``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +35,7 @@ from crossdistill.data.preprocess import Preprocessor, input_column
 from crossdistill.data.shards import UNLABELED, DatasetReader
 from crossdistill.errors import CrossdistillError, DataError
 
+READ_AHEAD = 2  # fragments read ahead of training when num_workers is 0
 KEY = "_key"  # the row's position in the stream's row space (global row index when no row is dropped)
 
 
@@ -107,7 +112,7 @@ class _FragmentLoader:
         if len(bad):
             raise DataError(f"{train.description}: row {frag.start + int(bad[0])} (id {int(ids[bad[0]])}) has label "
                             f"{int(y[bad[0]])}, expected -1 (unlabeled) or a class index 0..{self.num_classes - 1}")
-        out = {"id": ids, "y": y, "x": preprocess(cols)}
+        out = {"id": ids, "y": y, "x": preprocess.decode(cols)}  # normalised per batch: the buffer stays compact
         if soft is not None:
             aligned = soft.read_rows(frag.start, frag.start + frag.num_rows, self.soft_columns)
             wrong = np.flatnonzero(aligned["id"] != ids)
@@ -243,6 +248,7 @@ class BatchStream:
         self.batches_per_epoch = -(-self.num_rows // batch_size)
         self._loader = _FragmentLoader(self.reader.uris, None if soft is None else _uris(soft), soft_columns,
                                        labeled_only, num_classes, preprocess, self.key_starts)
+        self._prep = Preprocessor(self.reader.meta, preprocess, self.reader.description)
 
     def _count(self, index: int, labeled_only: bool) -> int:
         frag = self.reader.fragments[index]
@@ -322,7 +328,7 @@ class BatchStream:
                     continue
                 cols = buf.take(arg)
                 soft = {k: v for k, v in cols.items() if k not in ("id", "x", "y", KEY)}
-                yield Batch(epoch, index, cols[KEY], cols["id"], cols["x"], cols["y"], soft)
+                yield Batch(epoch, index, cols[KEY], cols["id"], self._prep.normalize(cols["x"]), cols["y"], soft)
                 index += 1
         finally:
             close = getattr(results, "close", None)
@@ -331,13 +337,30 @@ class BatchStream:
 
     def _results(self, jobs: list[int]) -> Iterator[dict[str, np.ndarray] | _Failure]:
         if self.num_workers == 0:
-            return (self._loader.load(j) for j in jobs)
+            return self._read_ahead(jobs)
         import torch.utils.data
 
         # a generator of its own: the loader's worker seeds must not consume the global torch RNG (dropout)
         return iter(torch.utils.data.DataLoader(_Jobs(self._loader, jobs), batch_size=None,
                                                 num_workers=self.num_workers, collate_fn=_as_is,
                                                 generator=torch.Generator().manual_seed(self.seed)))
+
+    def _read_ahead(self, jobs: list[int]) -> Iterator[dict[str, np.ndarray] | _Failure]:
+        """Fragments in job order, the next ``READ_AHEAD`` read and decoded by one background thread while
+        the current one trains (Parquet decoding releases the GIL); memory: that many more fragments."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="crossdistill-read")
+        pending: deque[Future] = deque()
+        todo = iter(jobs)
+        try:
+            for job in itertools.islice(todo, READ_AHEAD):
+                pending.append(pool.submit(self._loader.load, job))
+            while pending:
+                done = pending.popleft().result()
+                for job in itertools.islice(todo, 1):
+                    pending.append(pool.submit(self._loader.load, job))
+                yield done
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @staticmethod
     def _checked(item: dict[str, np.ndarray] | _Failure) -> dict[str, np.ndarray]:

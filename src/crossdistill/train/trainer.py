@@ -284,15 +284,15 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
             y = torch.from_numpy(batch.y).to(device)
             logits = model(torch.from_numpy(batch.x).to(device))
             loss, values = loss_fn(_loss_inputs(logits, y, target, hooks, device))
-            if not torch.isfinite(loss):
+            last_loss = loss.item()
+            if not math.isfinite(last_loss):
                 raise TrainingDivergedError(
-                    f"loss is {loss.item()} at step {state.step + 1} (epoch {batch.epoch}, batch {batch.index}): "
+                    f"loss is {last_loss} at step {state.step + 1} (epoch {batch.epoch}, batch {batch.index}): "
                     f"lower lr (now {cfg.lr}) or check inputs and teacher outputs for NaN/Inf")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             state.scheduler.step()
-            last_loss = loss.item()
             state.advance(batch.epoch, batch.index, len(batch), stream.batches_per_epoch,
                           {"loss": last_loss, **{f"loss/{k}": v for k, v in values.items()}})
             timed += len(batch)
