@@ -265,10 +265,11 @@ def _measure(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     work = Path(args.work)
     splits = prepare_data(PrepareDataConfig(out=str(work / "data")))
     args.data = splits["student"]
-    args.teacher = str(work / "teacher.keras")
+    hidden = [int(w) for w in args.teacher_hidden.split(",")]
+    args.teacher = str(work / f"teacher-{args.teacher_arch}-{'-'.join(map(str, hidden))}.keras")
     if not storage.exists(args.teacher):
         train_keras_teacher(TeacherTrainConfig(train=splits["train"], val=splits["val"], out=args.teacher,
-                                               epochs=args.teacher_epochs))
+                                               arch=args.teacher_arch, hidden=hidden, epochs=args.teacher_epochs))
     pki = _certificates(work / "pki")
     args.ca_file, args.token_file = pki["ca"], str(work / "pki" / "token")
     Path(args.token_file).write_text(os.urandom(24).hex() + "\n")
@@ -340,7 +341,7 @@ def _report(args: argparse.Namespace, repeats: list[dict], wire: list[dict], loa
     return {"command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
             "config": {"epochs": args.epochs, "batch_size": args.batch_size, "in_flight": args.in_flight,
                        "rpc_batches": args.rpc_batches, "load_in_flight": args.load_in_flight,
-                       "load_seconds": args.load_seconds,
+                       "load_seconds": args.load_seconds, "teacher": {"arch": args.teacher_arch, "hidden": args.teacher_hidden},
                        "repeats": args.repeats, "server_threads": SERVER_THREADS, "server_pool": SERVER_POOL,
                        "threads": PINNED, "cpus": os.cpu_count()},
             "load_average_1min": load, "busy_machine": busy, "setups": names,
@@ -361,6 +362,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="runs of each setup (median reported)")
     parser.add_argument("--teacher-epochs", type=int, default=40, help="training epochs of the Keras teacher "
                                                                        "(cached in --work once trained)")
+    parser.add_argument("--teacher-arch", choices=["mlp", "cnn"], default="mlp",
+                        help="the Keras teacher: the demo's MLP, or a CNN (more compute per request)")
+    parser.add_argument("--teacher-hidden", default="256,128", help="its layer widths (Dense units or Conv2D "
+                                                                     "filters), comma-separated")
     parser.add_argument("--work", default="runs/bench-throughput")
     parser.add_argument("--results", default="benchmarks/results/throughput.json")
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
