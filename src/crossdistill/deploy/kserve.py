@@ -45,9 +45,12 @@ def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
         "securityContext": container["securityContext"],
         "volumeMounts": container["volumeMounts"],
     }
+    most = cfg.max_replicas or cfg.replicas
+    scaling = {"scaleMetric": "cpu", "scaleTarget": cfg.scale_target} if most > cfg.replicas else {}
     predictor: dict[str, Any] = {
-        "minReplicas": 1,
-        "maxReplicas": 1,
+        "minReplicas": cfg.replicas,
+        "maxReplicas": most,
+        **scaling,
         "labels": k8s.labels(cfg),
         "model": model,
         **{k: v for k, v in pod.items() if k != "containers"},

@@ -230,7 +230,7 @@ def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": 1,
+            "replicas": cfg.replicas,
             "selector": {"matchLabels": selector(cfg)},
             "template": {"metadata": {"labels": labels(cfg)}, "spec": pod_spec(cfg)},
         },
@@ -241,6 +241,9 @@ def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
         "metadata": {**meta, "labels": labels(cfg)},
         "spec": {
             "type": "ClusterIP",
+            # Several replicas: headless, so the name resolves to every ready pod and clients balance each
+            # request (a virtual IP would pin a client's one HTTP/2 connection to one pod).
+            **({"clusterIP": "None"} if cfg.replicas > 1 else {}),
             "selector": selector(cfg),
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
@@ -253,9 +256,10 @@ def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
 
 
 def endpoint(cfg: TeacherServeConfig) -> Endpoint:
-    """The in-cluster DNS endpoint of the Service."""
+    """The in-cluster DNS endpoint of the Service (``dns:///`` for a pool of replicas: every pod's address)."""
     host = f"{cfg.name}.{cfg.namespace}.svc.cluster.local"
-    return Endpoint(name=cfg.name, grpc=f"{host}:{GRPC_PORT}", http=f"http://{host}:{HTTP_PORT}",
+    grpc = f"dns:///{host}:{GRPC_PORT}" if cfg.replicas > 1 else f"{host}:{GRPC_PORT}"
+    return Endpoint(name=cfg.name, grpc=grpc, http=f"http://{host}:{HTTP_PORT}",
                     model_name=cfg.model_name, backend="kubernetes", namespace=cfg.namespace)
 
 

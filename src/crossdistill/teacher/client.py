@@ -73,17 +73,37 @@ _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def check_url(url: str) -> str:
-    """``url`` if it names a teacher: ``host:port``, ``dns:///host:port`` or ``inprocess:<model uri>``.
+    """``url`` if it names a teacher: ``host:port``, a pool of replicas ``ip:port,ip:port,...``,
+    ``dns:///host:port`` (a name that may resolve to many replicas) or ``inprocess:<model uri>``.
 
-    ``host`` is an IPv4 address, a bracketed IPv6 address or a DNS name; ``port`` is 1-65535. Anything
-    else raises ValueError saying what was expected (pydantic reports it under the field's name).
+    ``host`` is an IPv4 address, a bracketed IPv6 address or a DNS name; ``port`` is 1-65535; the
+    members of a list are IP addresses (gRPC resolves names only one at a time: give a pool behind one
+    name as ``dns:///``). Anything else raises ValueError saying what was expected (pydantic reports it
+    under the field's name).
     """
     if url.startswith(P.INPROCESS):
         if not url[len(P.INPROCESS):].strip():
             raise ValueError("inprocess: needs the teacher model's URI, e.g. inprocess:/models/teacher.keras")
         return url
-    _check_target(url[len("dns:///"):] if url.startswith("dns:///") else url)
+    if url.startswith("dns:///"):
+        _check_target(url[len("dns:///"):])
+        return url
+    members = url.split(",")
+    for member in members:
+        _check_target(member.strip())
+    hosts = [m.strip().rpartition(":")[0] for m in members]
+    if len(members) > 1 and (not all(map(_is_ip, hosts)) or len({h.startswith("[") for h in hosts}) > 1):
+        raise ValueError(f"'{url}': a list of teacher replicas takes IP addresses of one family (ip:port,ip:port); "
+                         "for replicas behind one name use dns:///name:port (e.g. a headless Service)")
     return url
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_target(target: str) -> None:
@@ -111,9 +131,10 @@ def _check_target(target: str) -> None:
 class TeacherClientConfig(StrictConfig):
     """How the student calls the teacher."""
 
-    url: str = Field(..., description="the teacher's OIP gRPC endpoint: host:port (IPv4, [IPv6] or DNS name), "
-                                      "dns:///name:port, or inprocess:<model uri> to run the teacher inside "
-                                      "this process (co-located baseline)")
+    url: str = Field(..., description="the teacher's OIP gRPC endpoint: host:port (IPv4, [IPv6] or DNS name); "
+                                      "a pool of replicas as ip:port,ip:port,... or dns:///name:port (requests "
+                                      "balanced round-robin by gRPC); or inprocess:<model uri> to run the "
+                                      "teacher inside this process (co-located baseline)")
     model_name: str = P.DEFAULT_MODEL_NAME
     max_in_flight: int = Field(4, ge=1, description="requests outstanding at once in stream()")
     timeout_s: float = Field(60.0, gt=0, description="per attempt")

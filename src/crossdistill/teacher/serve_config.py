@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
@@ -89,6 +89,26 @@ class TeacherServeConfig(StrictConfig):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     service_account: str | None = None
+    replicas: int = Field(1, ge=1, description="kubernetes/kserve: teacher pods serving at once. With more than "
+                                               "one, the kubernetes backend's Service is headless and its endpoint "
+                                               "dns:///<name>...:port, which clients balance round-robin per "
+                                               "request; locally, start several servers and list them in "
+                                               "teacher.url (ip:port,ip:port)")
+    max_replicas: int | None = Field(None, ge=1, description="kserve: autoscale between replicas and this many pods "
+                                                             "(KServe's HPA on CPU, scale_target %); None = replicas")
+    scale_target: int = Field(70, ge=1, le=100, description="kserve autoscaling: target CPU utilisation, percent")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> TeacherServeConfig:
+        if self.backend == "local" and self.replicas > 1:
+            raise ValueError("replicas > 1 needs backend kubernetes or kserve; locally, start one teacher-serve per "
+                             "replica and give the student teacher.url=ip:port,ip:port,...")
+        if self.max_replicas is not None:
+            if self.backend != "kserve":
+                raise ValueError("max_replicas (autoscaling) needs backend kserve")
+            if self.max_replicas < self.replicas:
+                raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        return self
 
     @field_validator("class_names", mode="before")
     @classmethod

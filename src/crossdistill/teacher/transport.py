@@ -96,10 +96,28 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor):
                                          details.wait_for_ready, details.compression), request)
 
 
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def grpc_target(url: str) -> str:
+    """gRPC's target for a teacher URL: ``host:port`` and ``dns:///...`` as they are, a list of replicas
+    ``ip:port,ip:port`` as one ``ipv4:`` / ``ipv6:`` target (every address a subchannel)."""
+    members = [m.strip() for m in url.split(",")]
+    if url.startswith("dns:///") or len(members) == 1:
+        return url
+    scheme = "ipv6:" if all(m.startswith("[") for m in members) else "ipv4:"
+    return scheme + ",".join(members)
+
+
 def open_channel(url: str, *, token_file: str | None = None, tls: ClientTLS | None = None,
                  options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
-    """A gRPC channel to ``url`` (host:port): TLS when ``tls`` is given, the token on every call when set."""
-    options = list(options or [])
+    """A gRPC channel to ``url``: TLS when ``tls`` is given, the token on every call when set.
+
+    Every address ``url`` stands for (a list of replicas, or what a DNS name resolves to) gets a
+    subchannel and calls go round-robin over the ready ones: a replica that goes away is left out until
+    it answers again."""
+    options = [*(options or []), ("grpc.service_config", ROUND_ROBIN)]
+    url = grpc_target(url)
     if tls is None:
         channel = grpc.insecure_channel(url, options=options)
     else:
