@@ -116,6 +116,7 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
         teacher_backend: str = "local",
         teacher_name_prefix: str = "crossdistill-teacher",
         teacher_serve_config_json: str = "{}",
+        teacher_replicas: int = 1,
         teacher_placement_json: str = server_placement,
         label_config_json: str = "{}",
         expert_metric: str = "f1",
@@ -140,7 +141,8 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
         teardown = teardown_task(placement, backend=teacher_backend, name_prefix=teacher_name_prefix,
                                  teacher_ids=teachers, config_json=teacher_serve_config_json)
         serve = {"backend": teacher_backend, "name_prefix": teacher_name_prefix,
-                 "placement_json": teacher_placement_json, "config_json": teacher_serve_config_json}
+                 "placement_json": teacher_placement_json, "config_json": teacher_serve_config_json,
+                 "replicas": teacher_replicas}
         with dsl.ExitHandler(teardown, name="teachers-lifetime"):
             with dsl.If(val_data_uri == "", name="demo-data"):
                 data = data_task(placement, dataset=dataset, student_labels=student_labels, seed=data_seed,

@@ -51,11 +51,13 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
     @dsl.pipeline(name="distil-offline", description="serve the teacher, label in shards, train offline, evaluate")
     def distil_offline(student_data: Dataset, test_data: Dataset, teacher_model: Model, teacher_backend: str,
                        teacher_name_prefix: str, teacher_placement_json: str, teacher_serve_config_json: str,
+                       teacher_replicas: int,
                        shards: list, top_k: int, label_temperature: float, label_config_json: str,
                        student_model: str, student_epochs: int, temperature: float, student_seed: int,
                        student_config_json: str, eval_config_json: str, threads: int):
         served = serve_task(placement, teacher_model, backend=teacher_backend, name_prefix=teacher_name_prefix,
-                            placement_json=teacher_placement_json, config_json=teacher_serve_config_json)
+                            replicas=teacher_replicas, placement_json=teacher_placement_json,
+                            config_json=teacher_serve_config_json)
         labels = label_shards(data=student_data, teacher_endpoint=served.outputs["endpoint"], shards=shards,
                               top_k=top_k, temperature=label_temperature, config_json=label_config_json)
         student = student_train(train_data=student_data, mode="offline", soft_labels=labels.output,
@@ -83,6 +85,7 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
         teacher_backend: str = "local",
         teacher_name_prefix: str = "crossdistill-teacher",
         teacher_serve_config_json: str = "{}",
+        teacher_replicas: int = 1,
         teacher_placement_json: str = server_placement,
         shards: list = [0, 1],  # noqa: B006 - KFP defaults are compile-time constants
         top_k: int = 0,

@@ -45,11 +45,13 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
     @dsl.pipeline(name="distil-online", description="serve the teacher, train the student online, evaluate")
     def distil_online(student_data: Dataset, test_data: Dataset, teacher_model: Model, teacher_backend: str,
                       teacher_name_prefix: str, teacher_placement_json: str, teacher_serve_config_json: str,
+                      teacher_replicas: int,
                       student_model: str, student_epochs: int, temperature: float, student_seed: int,
                       student_config_json: str, eval_config_json: str, threads: int,
                       ) -> DistilOutputs:
         served = serve_task(placement, teacher_model, backend=teacher_backend, name_prefix=teacher_name_prefix,
-                            placement_json=teacher_placement_json, config_json=teacher_serve_config_json)
+                            replicas=teacher_replicas, placement_json=teacher_placement_json,
+                            config_json=teacher_serve_config_json)
         student = student_train(train_data=student_data, mode="online", teacher_endpoint=served.outputs["endpoint"],
                                 student_model=student_model, epochs=student_epochs, temperature=temperature,
                                 seed=student_seed, threads=threads, config_json=student_config_json, **auth)
@@ -76,6 +78,7 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
         teacher_backend: str = "local",
         teacher_name_prefix: str = "crossdistill-teacher",
         teacher_serve_config_json: str = "{}",
+        teacher_replicas: int = 1,
         teacher_placement_json: str = server_placement,
         student_model: str = "mlp",
         student_epochs: int = 30,

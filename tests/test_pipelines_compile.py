@@ -144,6 +144,16 @@ def test_knobs_are_pipeline_parameters(compiled):
     assert params["dataset"]["defaultValue"] == "digits"
 
 
+def test_teacher_replicas_reach_every_teacher_serve_task(compiled):
+    name, spec, _ = compiled
+    assert spec["root"]["inputDefinitions"]["parameters"]["teacher_replicas"]["defaultValue"] == 1
+    serves = {t: task for t, task in _tasks(spec).items() if _component(t) == "teacher-serve"}
+    assert serves, f"{name} serves no teacher"
+    for t, task in serves.items():
+        wired = task["inputs"]["parameters"]["replicas"]
+        assert wired["componentInputParameter"].endswith("teacher_replicas"), f"{name}/{t}: replicas from {wired}"
+
+
 def test_offline_labels_in_a_parallel_loop_collected_by_the_student(tmp_path):
     spec, _ = _compile("offline-distillation", tmp_path)
     inner = spec["components"]["comp-distil-offline"]["dag"]["tasks"]

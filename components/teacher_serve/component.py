@@ -15,6 +15,7 @@ def teacher_serve(
     backend: str = "local",
     name_prefix: str = "crossdistill-teacher",
     teacher_id: str = "",
+    replicas: int = 1,
     placement_json: str = "{}",
     config_json: str = "{}",
 ) -> NamedTuple("Outputs", [("endpoint", str), ("http", str), ("name", str)]):
@@ -29,6 +30,8 @@ def teacher_serve(
     pipeline's placement; ``config_json`` holds any other TeacherServeConfig key and wins over it,
     e.g. ``expose_layers`` (none by default) and, for a teacher served to another party, the names
     (never the values) of the Secrets holding its token and TLS files: ``auth_secret``, ``tls_secret``.
+    ``replicas`` > 1 (kubernetes, kserve) serves a pool of pods; ``endpoint`` is then a ``dns:///`` name
+    that students balance round-robin.
     """
     import hashlib
     import os
@@ -50,7 +53,7 @@ def teacher_serve(
     model_uri = location.rstrip("/") + "/" + model_file if model_file else location
     defaults = {"workdir": os.path.join(tempfile.gettempdir(), "crossdistill-teachers", name),
                 **json_object(placement_json, "teacher-serve: placement_json")}
-    cfg = step_config(TeacherServeConfig, config_json, {"model_uri": model_uri, "backend": backend, "name": name},
+    cfg = step_config(TeacherServeConfig, config_json, {"model_uri": model_uri, "backend": backend, "name": name, "replicas": replicas},
                       "teacher-serve", defaults=defaults)
     endpoint = deploy_teacher(cfg)
     print(f"teacher-serve: {cfg.name} answers at grpc {endpoint.grpc} (REST {endpoint.http})")
