@@ -7,8 +7,10 @@ foreign ids (the model name picks which), with a 64 KiB message limit it adverti
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -231,3 +233,29 @@ def test_wrong_model_name_is_a_teacher_error(served_keras_teacher, digits):
     with TeacherClient(cfg) as client:
         with pytest.raises(TeacherError, match="no-such-model"):
             client.infer(digits.ids[:2], digits["x"][:2])
+
+
+def test_auto_in_flight_covers_a_long_round_trip(quirky_teacher, digits, caplog):
+    """A 60 ms round trip (a loopback proxy holding each direction 30 ms) and a consumer taking 2 ms per
+    answer: ``max_in_flight=auto`` widens the window to ~30 and logs it; two in flight would take ~4 s."""
+    import logging
+
+    from benchmarks.delay_proxy import DelayProxy
+
+    caplog.set_level(logging.INFO, logger="crossdistill.teacher.client")
+    host, port = quirky_teacher["endpoint"].grpc.rsplit(":", 1)
+    x = digits["x"][:1600].copy()
+    x[:, 0, 0, 0] = 0.0  # honest answers from the quirky teacher
+    batches = [(digits.ids[i:i + 16], x[i:i + 16], i) for i in range(0, len(x), 16)]
+    with DelayProxy(host, int(port), delay_s=0.03) as proxy, \
+            TeacherClient(TeacherClientConfig(url=f"127.0.0.1:{proxy.port}", max_in_flight="auto")) as client:
+        client.wait_ready(30)
+        start, seen = time.monotonic(), []
+        for _, payload in client.stream(batches):
+            seen.append(payload)
+            time.sleep(0.002)
+        elapsed = time.monotonic() - start
+    assert sorted(seen) == [i for _, _, i in batches]
+    sizes = [int(m) for m in re.findall(r"(\d+) requests in flight \(max_in_flight=auto", caplog.text)]
+    assert sizes and max(sizes) >= 16, caplog.text
+    assert elapsed < 2.0, f"100 answers over a 60 ms round trip took {elapsed:.1f} s"

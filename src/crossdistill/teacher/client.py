@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import queue
 import random
 import re
@@ -29,7 +30,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -47,6 +48,7 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _CHANNEL_MAX_MESSAGE = 1 << 30  # the channel's own cap when max_message_bytes is unset: splitting keeps below it
 _MESSAGE_OVERHEAD = 4096  # names, shapes, parameters and framing of one message, beyond its tensor bytes
 _TICK_S = 1.0  # the stream loop looks at its retry timers and outage log at least this often
+AUTO_MIN, AUTO_MAX = 2, 64  # the window max_in_flight=auto moves in
 _LOG_AFTER_S, _LOG_EVERY_S = 2.0, 10.0  # an outage is logged once it lasts this long, then this often
 _FLOAT = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents"}
@@ -136,7 +138,9 @@ class TeacherClientConfig(StrictConfig):
                                       "balanced round-robin by gRPC); or inprocess:<model uri> to run the "
                                       "teacher inside this process (co-located baseline)")
     model_name: str = P.DEFAULT_MODEL_NAME
-    max_in_flight: int = Field(4, ge=1, description="requests outstanding at once in stream()")
+    max_in_flight: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        4, description="requests outstanding at once in stream(); auto = as many as cover the measured round trip "
+                       f"at the pace answers are consumed ({AUTO_MIN}..{AUTO_MAX}), e.g. for a teacher far away")
     timeout_s: float = Field(60.0, gt=0, description="per attempt")
     backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles per retry up to backoff_max_s "
                                                      "(each delay drawn from [50%, 100%] of that)")
@@ -178,6 +182,7 @@ class _Call:
     ids: np.ndarray
     request: Any
     started: float = 0.0
+    sent: float = 0.0  # this attempt's send time, for the round trip
     attempt: int = 0
     future: Any = None
 
@@ -193,6 +198,42 @@ class _Outage:
     since: float
     reason: str = ""
     logged: float | None = None
+
+
+class _Window:
+    """How many requests stream() keeps in flight: ``max_in_flight``, or with ``auto`` enough to cover the
+    round trip at the pace answers are consumed (Little's law: round trip / time per answer, plus one),
+    from moving averages of both, between AUTO_MIN and AUTO_MAX; each new choice is logged."""
+
+    def __init__(self, setting: int | str, url: str) -> None:
+        self.auto, self.url = setting == "auto", url
+        self.size = AUTO_MIN if self.auto else int(setting)
+        self.rtt: float | None = None
+        self.per_answer: float | None = None
+        self._logged = 0
+
+    @staticmethod
+    def _average(old: float | None, new: float) -> float:
+        return new if old is None else 0.8 * old + 0.2 * new
+
+    def answered(self, rtt: float) -> None:
+        if self.auto:
+            self.rtt = self._average(self.rtt, rtt)
+            self._resize()
+
+    def consumed(self, seconds: float) -> None:
+        if self.auto:
+            self.per_answer = self._average(self.per_answer, seconds)
+            self._resize()
+
+    def _resize(self) -> None:
+        if self.rtt is None or self.per_answer is None:
+            return
+        self.size = min(AUTO_MAX, max(AUTO_MIN, math.ceil(self.rtt / max(self.per_answer, 1e-4)) + 1))
+        if self.size >= 2 * self._logged or 2 * self.size <= self._logged:
+            self._logged = self.size
+            log.info("teacher at %s: %d requests in flight (max_in_flight=auto: round trip %.1f ms, %.2f ms per "
+                     "answer consumed)", self.url, self.size, self.rtt * 1e3, self.per_answer * 1e3)
 
 
 class TeacherClient:
@@ -310,9 +351,10 @@ class TeacherClient:
         active: dict[int, _Call] = {}  # on the wire or waiting to be retried
         source = iter(batches)
         exhausted = False
+        window = _Window(self.cfg.max_in_flight, self.cfg.url)
         try:
             while True:
-                while len(active) < self.cfg.max_in_flight and (unsent or not exhausted):
+                while len(active) < window.size and (unsent or not exhausted):
                     if not unsent:
                         try:
                             unsent.extend(self._split(*next(source)))
@@ -338,9 +380,12 @@ class TeacherClient:
                     heapq.heappush(timers, (self._retry_at(call, exc), call.key, call))
                     continue
                 del active[call.key]
+                window.answered(time.monotonic() - call.sent)
                 joined = self._answered(call, call.future.result())
                 if joined is not None:
+                    handed = time.monotonic()
                     yield joined, call.job.payload
+                    window.consumed(time.monotonic() - handed)
         finally:
             for call in active.values():
                 if call.future is not None:
@@ -393,6 +438,7 @@ class TeacherClient:
         now = time.monotonic()
         if call.attempt == 0:
             call.started = now
+        call.sent = now
         remaining = self.cfg.deadline_s - (now - call.started)
         call.future = self._stub.ModelInfer.future(call.request, timeout=max(0.01, min(self.cfg.timeout_s, remaining)),
                                                    wait_for_ready=call.attempt > 0)

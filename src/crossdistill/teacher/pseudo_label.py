@@ -13,7 +13,7 @@ complete. ``teacher_url`` may be ``inprocess:<model uri>`` (the teacher runs ins
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -40,7 +40,8 @@ class PseudoLabelConfig(StrictConfig):
     fp16: bool = False
     layers: list[str] = Field(default_factory=list, description="intermediate layers to store as layer/<name>")
     batch_size: int = Field(256, ge=1)
-    max_in_flight: int = Field(4, ge=1)
+    max_in_flight: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        4, description="requests outstanding at once; auto = sized from the measured round trip")
     timeout_s: float = Field(60.0, gt=0)
     deadline_s: float = Field(600.0, gt=0, description="a teacher outage this long is ridden out")
     ready_timeout_s: float = Field(120.0, gt=0)
