@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-mlserver run test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency clean
+.PHONY: help venv venv-mlserver run test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency bench-replicas clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-quality: venv  ## distillation quality suite (Fashion-MNIST; ~45 min cold 
 
 bench-scale: venv  ## peak RSS, samples/s, bytes read of import/pseudo-label/train at 100k-4M rows + Fashion-MNIST 1.4M (long)
 	$(PY) -m benchmarks.scale $(SCALE_ARGS)
+
+bench-replicas: venv  ## teacher replicas: online training against 1/2/4/8 replicas of an accelerator-bound teacher
+	$(PY) -m benchmarks.replicas $(REPLICAS_ARGS)
 
 bench-latency: venv  ## latency hiding: online training through a delay proxy at 0/10/50/100 ms round trip
 	$(PY) -m benchmarks.latency $(LATENCY_ARGS)

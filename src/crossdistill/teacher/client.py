@@ -49,6 +49,7 @@ _CHANNEL_MAX_MESSAGE = 1 << 30  # the channel's own cap when max_message_bytes i
 _MESSAGE_OVERHEAD = 4096  # names, shapes, parameters and framing of one message, beyond its tensor bytes
 _TICK_S = 1.0  # the stream loop looks at its retry timers and outage log at least this often
 AUTO_MIN, AUTO_MAX = 2, 64  # the window max_in_flight=auto moves in
+HEADROOM = 1.5  # auto: in flight beyond the bare round trip / time per answer, for jitter and queueing
 _LOG_AFTER_S, _LOG_EVERY_S = 2.0, 10.0  # an outage is logged once it lasts this long, then this often
 _FLOAT = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents"}
@@ -229,7 +230,7 @@ class _Window:
     def _resize(self) -> None:
         if self.rtt is None or self.per_answer is None:
             return
-        self.size = min(AUTO_MAX, max(AUTO_MIN, math.ceil(self.rtt / max(self.per_answer, 1e-4)) + 1))
+        self.size = min(AUTO_MAX, max(AUTO_MIN, math.ceil(HEADROOM * self.rtt / max(self.per_answer, 1e-4)) + 1))
         if self.size >= 2 * self._logged or 2 * self.size <= self._logged:
             self._logged = self.size
             log.info("teacher at %s: %d requests in flight (max_in_flight=auto: round trip %.1f ms, %.2f ms per "
