@@ -22,10 +22,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from benchmarks.latency import _teacher
-from benchmarks.scale import _steady
+from benchmarks.latency import _teacher, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,15 +61,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         proc.wait(30)
 
 
-def _train(data: str, out: Path, epochs: int, **mode: Any) -> float:
-    from crossdistill.train.trainer import StudentTrainConfig, train_student
-
-    train_student(StudentTrainConfig(train_data=data, out=str(out), epochs=epochs, batch_size=64, threads=1,
-                                     resume=False, progress=False, log_every=10,
-                                     model={"name": "mlp", "kwargs": {"hidden": [64, 32]}}, **mode))
-    return _steady(out / "train_log.jsonl")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", default="1,2,4,8", help="pool sizes, comma-separated")
@@ -93,15 +82,15 @@ def main() -> None:
     _teacher(model)
     soft = run_pseudo_label(PseudoLabelConfig(data=data, teacher_url=f"inprocess:{model}", out=str(work / "soft"),
                                               progress=False))
-    offline = _train(data, work / "student-offline", args.epochs, mode="offline", soft_labels=[soft])
+    offline, _ = train(data, work / "student-offline", args.epochs, mode="offline", soft_labels=[soft])
     print(f"offline (c): {offline:,.0f} samples/s", flush=True)
     rows = []
     for n in [int(v) for v in args.replicas.split(",")]:
         procs, ports = _start(n, model, work, args.hold_ms)
         try:
             url = ",".join(f"127.0.0.1:{p}" for p in ports)
-            rate = _train(data, work / f"student-{n}", args.epochs, mode="online", rpc_batches=4,
-                          teacher={"url": url, "max_in_flight": "auto"})
+            rate, _ = train(data, work / f"student-{n}", args.epochs, mode="online", rpc_batches=4,
+                            teacher={"url": url, "max_in_flight": "auto"})
         finally:
             _stop(procs)
         rows.append({"replicas": n, "samples_per_s": rate})
