@@ -95,6 +95,42 @@ def serve_teacher(tmp_path_factory) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture(scope="session")
+def kill9() -> Callable[[Any], None]:
+    """``kill9(serve_cfg)``: SIGKILL a local teacher server's process group (no goodbye to its clients), reaped."""
+    import signal
+
+    def kill(cfg: Any) -> None:
+        pid = int((Path(cfg.workdir) / f"{cfg.name}.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+    return kill
+
+
+@pytest.fixture(scope="session")
+def kill9_after_first_checkpoint(kill9) -> Callable[..., Any]:
+    """``kill9_after_first_checkpoint(serve_cfg, out, before=None)`` -> a started thread that waits (up to
+    120 s) for a checkpoint under ``out/checkpoints``, calls ``before()`` if given, then kill9s the server."""
+    import threading
+    import time
+
+    def start(cfg: Any, out: Path, before: Callable[[], None] | None = None) -> threading.Thread:
+        def watch() -> None:
+            end = time.monotonic() + 120
+            while not any((out / "checkpoints").glob("ckpt-*.pt")) and time.monotonic() < end:
+                time.sleep(0.02)
+            if before is not None:
+                before()
+            kill9(cfg)
+
+        thread = threading.Thread(target=watch)
+        thread.start()
+        return thread
+
+    return start
+
+
+@pytest.fixture(scope="session")
 def served_keras_teacher(keras_teacher, serve_teacher):
     """The Keras teacher behind a real OIP server: its Endpoint (``.grpc`` host:port, ``.http`` URL)."""
     return serve_teacher(keras_teacher["path"], name="keras-teacher", expose_layers=["dense_0", "flatten"])

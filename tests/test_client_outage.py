@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
 import socket
 import threading
 import time
@@ -76,20 +74,13 @@ def _up(teacher: dict[str, Any]) -> None:
             deploy_teacher(teacher["cfg"])
 
 
-def _kill9(cfg: TeacherServeConfig) -> None:
-    """SIGKILL the server's process group (no goodbye to its clients) and reap it."""
-    pid = int((Path(cfg.workdir) / f"{cfg.name}.pid").read_text())
-    os.killpg(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-
-
 def _local(net: Any, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return net(torch.from_numpy(x)).numpy()
 
 
 @pytest.mark.timeout(180)
-def test_restart_on_the_same_ports_is_ridden_out_without_serialised_backoff(teacher, digits, caplog):
+def test_restart_on_the_same_ports_is_ridden_out_without_serialised_backoff(teacher, digits, caplog, kill9):
     _up(teacher)
     caplog.set_level(logging.WARNING, logger=CLIENT_LOG)
     x = digits["x"][:768]
@@ -111,7 +102,7 @@ def test_restart_on_the_same_ports_is_ridden_out_without_serialised_backoff(teac
             np.testing.assert_array_equal(out.ids, digits.ids[start:start + 32])
             np.testing.assert_allclose(out.logits, _local(teacher["net"], x[start:start + 32]), rtol=1e-5, atol=1e-5)
             if len(seen) == 3:  # 16 requests out, the teacher computing some of them
-                _kill9(teacher["cfg"])
+                kill9(teacher["cfg"])
                 restarter.start()
     done = time.monotonic()
     restarter.join()
@@ -129,24 +120,12 @@ def _train(url: str, out: Path, digits_uri: str, **teacher: Any):
     return train_student(cfg)
 
 
-def _kill_after_first_checkpoint(cfg: TeacherServeConfig, out: Path) -> threading.Thread:
-    def watch() -> None:
-        end = time.monotonic() + 120
-        while not any((out / "checkpoints").glob("ckpt-*.pt")) and time.monotonic() < end:
-            time.sleep(0.02)
-        _kill9(cfg)
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    return thread
-
-
 @pytest.mark.timeout(180)
 def test_past_the_deadline_training_stops_with_a_clear_error_and_resumes_from_its_checkpoint(
-        teacher, digits, digits_uri, tmp_path):
+        teacher, digits, digits_uri, tmp_path, kill9_after_first_checkpoint):
     _up(teacher)
     out = tmp_path / "student"
-    watcher = _kill_after_first_checkpoint(teacher["cfg"], out)
+    watcher = kill9_after_first_checkpoint(teacher["cfg"], out)
     t0 = time.monotonic()
     with pytest.raises(TeacherUnavailableError, match=rf"teacher at {teacher['url']} .*unavailable for \d+ s: "
                                                       r"UNAVAILABLE .*deadline_s=3\.0.*resumes from its checkpoint"):
@@ -163,7 +142,7 @@ def test_past_the_deadline_training_stops_with_a_clear_error_and_resumes_from_it
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_kill_during_online_training_and_restart_45s_later_trains_the_same_student(
-        teacher, digits, digits_uri, tmp_path, caplog):
+        teacher, digits, digits_uri, tmp_path, caplog, kill9_after_first_checkpoint):
     from crossdistill.train.models import load_student
 
     _up(teacher)
@@ -180,7 +159,7 @@ def test_kill_during_online_training_and_restart_45s_later_trains_the_same_stude
 
     trainer = threading.Thread(target=run)
     trainer.start()
-    _kill_after_first_checkpoint(teacher["cfg"], out).join()
+    kill9_after_first_checkpoint(teacher["cfg"], out).join()
     killed = time.monotonic()
     time.sleep(45)
     deploy_teacher(teacher["cfg"])
@@ -199,9 +178,9 @@ def test_kill_during_online_training_and_restart_45s_later_trains_the_same_stude
 
 
 @pytest.mark.timeout(180)
-def test_training_started_before_its_teacher_waits_for_it(teacher, digits, digits_uri, tmp_path):
+def test_training_started_before_its_teacher_waits_for_it(teacher, digits, digits_uri, tmp_path, kill9):
     _up(teacher)
-    _kill9(teacher["cfg"])
+    kill9(teacher["cfg"])
     starter = threading.Timer(4.0, deploy_teacher, args=(teacher["cfg"],))
     starter.start()
     t0 = time.monotonic()

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
-import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -67,12 +63,6 @@ def _predictions(endpoint: Any) -> int:
         return int(sum(float(v) for v in PREDICTIONS.findall(resp.read().decode())))
 
 
-def _kill9(cfg: TeacherServeConfig) -> None:
-    pid = int((Path(cfg.workdir) / f"{cfg.name}.pid").read_text())
-    os.killpg(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-
-
 @pytest.mark.parametrize(("url", "target"), [
     ("10.0.0.1:8081", "10.0.0.1:8081"),
     ("10.0.0.1:8081,10.0.0.2:8081", "ipv4:10.0.0.1:8081,10.0.0.2:8081"),
@@ -125,20 +115,11 @@ def _train(url: str, out: Path, digits_uri: str):
 
 @pytest.mark.timeout(240)
 def test_a_replica_killed_mid_run_leaves_the_student_as_an_uninterrupted_run(start_replicas, digits, digits_uri,
-                                                                              tmp_path):
+                                                                              tmp_path, kill9_after_first_checkpoint):
     (a_cfg, a), (b_cfg, b) = start_replicas(2)
     out = tmp_path / "pooled"
     served_by_b: list[int] = []
-
-    def kill_b_after_first_checkpoint() -> None:
-        end = time.monotonic() + 120
-        while not any((out / "checkpoints").glob("ckpt-*.pt")) and time.monotonic() < end:
-            time.sleep(0.02)
-        served_by_b.append(_predictions(b))
-        _kill9(b_cfg)
-
-    killer = threading.Thread(target=kill_b_after_first_checkpoint)
-    killer.start()
+    killer = kill9_after_first_checkpoint(b_cfg, out, before=lambda: served_by_b.append(_predictions(b)))
     pooled = _train(f"{a.grpc},{b.grpc}", out, digits_uri)
     killer.join()
     assert served_by_b[0] > 0 and _predictions(a) > 0, "both replicas should have served before one died"
