@@ -12,9 +12,9 @@ still in the buffer at that point and goes on; nothing skipped reaches a model o
 
 Reading a fragment, reading its soft labels in step (same global rows of the soft-label dataset, ids
 checked) and decoding the inputs (:class:`Preprocessor`) run in ``num_workers`` DataLoader workers
-(in this process when 0, by one read-ahead thread); the buffer holds the decoded values as stored (uint8 pixels stay uint8) and
-each drawn batch is normalised to float32. Fragments come back in job order whatever the number of workers, so the
-batch order does not depend on ``num_workers``.
+(in this process when 0, by one read-ahead thread); the buffer holds the decoded values as stored
+(uint8 pixels stay uint8) and each drawn batch is normalised to float32. Fragments come back in job
+order whatever the number of workers, so the batch order does not depend on ``num_workers``.
 """
 
 from __future__ import annotations
