@@ -77,8 +77,9 @@ def _learn_from_tables(placement: pl.Placement, p: Mapping[str, Any], val: Any, 
     # The student learns from the assembled labels of the unlabeled part (every id has one).
     student = student_train(train_data=unlabeled, mode="offline", soft_label_set=distill_set.outputs["distill_set"],
                             student_model=p["student_model"], epochs=p["student_epochs"], temperature=p["temperature"],
-                            seed=p["student_seed"], threads=p["threads"], config_json=p["student_config_json"])
-    deterministic(pl.on_student_pool(student, placement), retries=3)
+                            seed=p["student_seed"], threads=p["threads"], config_json=p["student_config_json"],
+                            workers=p["student_workers"], launch_json=p["student_launch_json"])
+    deterministic(pl.on_student_train(student, placement), retries=3)
     scored = evaluate(test_data=test, student=student.outputs["model"],
                       teacher_endpoints=dsl.Collected(served.outputs["endpoint"]), teacher_label_maps=label_maps,
                       title="multi-teacher distillation", threads=p["threads"], config_json=p["eval_config_json"],
@@ -99,6 +100,7 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
     """The pipeline, with node-pool placement ``placement``; ``teacher_parallelism`` teachers at once."""
     placement = placement or pl.Placement()
     server_placement = pl.teacher_server_placement_json(placement)
+    student_placement = pl.student_launch_placement_json(placement)
 
     @dsl.pipeline(name=NAME, description="Several teachers label the data; per-label experts and trust models "
                                          "assemble the set the student distils from.")
@@ -134,6 +136,8 @@ def build(placement: pl.Placement | None = None, teacher_parallelism: int = 4) -
         temperature: float = 4.0,
         student_seed: int = 0,
         student_config_json: str = "{}",
+        student_workers: int = 1,
+        student_launch_json: str = student_placement,
         eval_config_json: str = "{}",
         threads: int = 1,
     ):

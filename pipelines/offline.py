@@ -35,6 +35,7 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
     """
     placement = placement or pl.Placement()
     server_placement = pl.teacher_server_placement_json(placement)
+    student_placement = pl.student_launch_placement_json(placement)
     auth = pl.client_auth(placement)
 
     # The shard loop sits in its own sub-DAG so the endpoint enters it as a DAG input: kfp.local
@@ -54,7 +55,8 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
                        teacher_replicas: int,
                        shards: list, top_k: int, label_temperature: float, label_config_json: str,
                        student_model: str, student_epochs: int, temperature: float, student_seed: int,
-                       student_config_json: str, eval_config_json: str, threads: int):
+                       student_config_json: str, student_workers: int,
+                       student_launch_json: str, eval_config_json: str, threads: int):
         served = serve_task(placement, teacher_model, backend=teacher_backend, name_prefix=teacher_name_prefix,
                             replicas=teacher_replicas, placement_json=teacher_placement_json,
                             config_json=teacher_serve_config_json)
@@ -62,8 +64,9 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
                               top_k=top_k, temperature=label_temperature, config_json=label_config_json)
         student = student_train(train_data=student_data, mode="offline", soft_labels=labels.output,
                                 student_model=student_model, epochs=student_epochs, temperature=temperature,
-                                seed=student_seed, threads=threads, config_json=student_config_json)
-        deterministic(pl.on_student_pool(student, placement), retries=3)
+                                seed=student_seed, threads=threads, config_json=student_config_json,
+                                workers=student_workers, launch_json=student_launch_json)
+        deterministic(pl.on_student_train(student, placement), retries=3)
         scored = evaluate(test_data=test_data, student=student.outputs["model"],
                           teacher_endpoint=served.outputs["endpoint"], title="offline distillation",
                           threads=threads, config_json=eval_config_json, **auth)
@@ -96,6 +99,8 @@ def build(placement: pl.Placement | None = None, label_parallelism: int = 4) -> 
         temperature: float = 4.0,
         student_seed: int = 0,
         student_config_json: str = "{}",
+        student_workers: int = 1,
+        student_launch_json: str = student_placement,
         eval_config_json: str = "{}",
         threads: int = 1,
     ):

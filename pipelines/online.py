@@ -40,6 +40,7 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
     """The pipeline, with node-pool placement ``placement`` (default: TPU teacher, GPU student)."""
     placement = placement or pl.Placement()
     server_placement = pl.teacher_server_placement_json(placement)
+    student_placement = pl.student_launch_placement_json(placement)
     auth = pl.client_auth(placement)
 
     @dsl.pipeline(name="distil-online", description="serve the teacher, train the student online, evaluate")
@@ -47,15 +48,17 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
                       teacher_name_prefix: str, teacher_placement_json: str, teacher_serve_config_json: str,
                       teacher_replicas: int,
                       student_model: str, student_epochs: int, temperature: float, student_seed: int,
-                      student_config_json: str, eval_config_json: str, threads: int,
+                      student_config_json: str, student_workers: int,
+                      student_launch_json: str, eval_config_json: str, threads: int,
                       ) -> DistilOutputs:
         served = serve_task(placement, teacher_model, backend=teacher_backend, name_prefix=teacher_name_prefix,
                             replicas=teacher_replicas, placement_json=teacher_placement_json,
                             config_json=teacher_serve_config_json)
         student = student_train(train_data=student_data, mode="online", teacher_endpoint=served.outputs["endpoint"],
                                 student_model=student_model, epochs=student_epochs, temperature=temperature,
-                                seed=student_seed, threads=threads, config_json=student_config_json, **auth)
-        deterministic(pl.teacher_client(pl.on_student_pool(student, placement), placement), retries=3)
+                                seed=student_seed, threads=threads, config_json=student_config_json,
+                                workers=student_workers, launch_json=student_launch_json, **auth)
+        deterministic(pl.teacher_client(pl.on_student_train(student, placement), placement), retries=3)
         scored = evaluate(test_data=test_data, student=student.outputs["model"],
                           teacher_endpoint=served.outputs["endpoint"], title="online distillation",
                           threads=threads, config_json=eval_config_json, **auth)
@@ -85,6 +88,8 @@ def build(placement: pl.Placement | None = None) -> GraphComponent:
         temperature: float = 4.0,
         student_seed: int = 0,
         student_config_json: str = "{}",
+        student_workers: int = 1,
+        student_launch_json: str = student_placement,
         eval_config_json: str = "{}",
         compare_baselines: bool = False,
         threads: int = 1,

@@ -11,7 +11,7 @@ teacher mounts the client's part (token, CA certificate) and is told the files' 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
@@ -55,6 +55,10 @@ class StudentPool(StrictConfig):
     gpu_accelerator: str = Field("nvidia-l4", description=f"node label {GPU_ACCELERATOR_LABEL}")
     toleration_key: str | None = Field(GPU_RESOURCE, description="GKE taints GPU nodes with nvidia.com/gpu")
     resources: TaskResources = Field(default_factory=lambda: TaskResources(cpu="4", memory="16Gi"))
+    backend: Literal["local", "trainjob", "pytorchjob"] = Field(
+        "local", description="where student-train trains: local = in its pipeline task on this pool (torchrun "
+                             "ranks when student_workers > 1, one GPU each); trainjob / pytorchjob = a Kubeflow "
+                             "Trainer TrainJob / PyTorchJob on this pool, created and awaited by a small CPU task")
 
 
 class TeacherAccess(StrictConfig):
@@ -162,6 +166,14 @@ def on_student_pool(task: PipelineTask, placement: Placement) -> PipelineTask:
     return task
 
 
+def on_student_train(task: PipelineTask, placement: Placement) -> PipelineTask:
+    """The student-train task: on the student pool when it trains itself, on a CPU node when it only creates
+    and awaits a Kubeflow job whose pods hold the GPUs (``student.backend``)."""
+    if placement.student.backend == "local":
+        return on_student_pool(task, placement)
+    return on_cpu(task, placement)
+
+
 def on_cpu(task: PipelineTask, placement: Placement, resources: TaskResources | None = None) -> PipelineTask:
     """A CPU-only task: requests only."""
     return _requests(task, resources or placement.cpu)
@@ -186,6 +198,28 @@ def teacher_server_placement(placement: Placement) -> dict[str, Any]:
         "node_selector": {TPU_ACCELERATOR_LABEL: pool.tpu_accelerator, TPU_TOPOLOGY_LABEL: pool.tpu_topology},
         "tolerations": [{"key": pool.toleration_key, "operator": "Exists", "effect": "NoSchedule"}],
     }
+
+
+def student_launch_placement(placement: Placement) -> dict[str, Any]:
+    """Where the workers of a data-parallel student-train run (``workers`` > 1 on the trainjob/pytorchjob
+    backends) go, as StudentLaunchConfig keys: the student pool's GPUs per node (one process each), its
+    selector and toleration, and the teacher client's Secrets mounted where ``client_auth`` points."""
+    pool = placement.student
+    access = placement.teacher_access
+    mounts = {name: f"{access.mount_dir}/{sub}" for name, sub in ((access.auth_secret, "teacher-auth"),
+                                                                   (access.ca_secret, "teacher-ca")) if name}
+    base: dict[str, Any] = {"backend": pool.backend, "secret_mounts": mounts,
+                            "resources": {"cpu": pool.resources.cpu, "memory": pool.resources.memory}}
+    if not placement.accelerators:
+        return base
+    base["resources"].update(accelerator_type=pool.accelerator_type, accelerator_count=pool.gpus)
+    return {**base, "proc_per_node": pool.gpus, "node_selector": {GPU_ACCELERATOR_LABEL: pool.gpu_accelerator},
+            "tolerations": [{"key": pool.toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
+            if pool.toleration_key else []}
+
+
+def student_launch_placement_json(placement: Placement) -> str:
+    return json.dumps(student_launch_placement(placement), sort_keys=True)
 
 
 def teacher_server_placement_json(placement: Placement) -> str:

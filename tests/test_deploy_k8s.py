@@ -1,19 +1,13 @@
 """The kubernetes and kserve teacher backends.
 
-No Kubernetes API server can run on these machines, so ``deploy``/``teardown`` talk HTTP to a small
-API server stand-in on loopback that speaks the few REST calls they make (server-side apply PATCH,
-GET, DELETE) and plays the controller's part by reporting readiness. The real ``kubernetes`` client
-does every request, so paths, headers, bodies and error handling are exercised end to end.
+``deploy``/``teardown`` talk HTTP to the API server stand-in of ``k8s_stand_in`` on loopback, which plays
+the controller's part by reporting readiness; the real ``kubernetes`` client does every request.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -21,101 +15,15 @@ from crossdistill.deploy import kserve, kubernetes
 from crossdistill.deploy.config import TeacherServeConfig
 from crossdistill.errors import ConfigError, TeacherError, TeacherUnavailableError
 from crossdistill.images import image_for
+from k8s_stand_in import FakeApiServer, serving
 
 pytest.importorskip("kubernetes")
 
 
-class FakeApiServer:
-    """Objects by REST path; a Deployment/InferenceService turns ready after ``ready_after`` GETs."""
-
-    def __init__(self, ready_after: int | None = 1, deny: bool = False) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.ready_after = ready_after
-        self.deny = deny
-        self.gets: dict[str, int] = {}
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _reply(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _handle(self) -> None:
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                fake.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                                      "content_type": self.headers.get("Content-Type"), "body": body})
-                if fake.deny:
-                    return self._reply(403, {"kind": "Status", "reason": "Forbidden", "code": 403})
-                code, reply = fake.handle(self.command, url.path, body)
-                self._reply(code, reply)
-
-            do_GET = do_PATCH = do_DELETE = _handle
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def handle(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
-        not_found = {"kind": "Status", "reason": "NotFound", "code": 404}
-        if method == "PATCH":
-            old = self.objects.get(path, {})
-            generation = old.get("metadata", {}).get("generation", 0) + 1
-            self.objects[path] = {**body, "metadata": {**body["metadata"], "generation": generation}}
-            return 200, self.objects[path]
-        if method == "DELETE":
-            return (200, self.objects.pop(path)) if path in self.objects else (404, not_found)
-        if path.endswith("/services/t1-predictor"):  # what KServe creates for an InferenceService
-            if path.replace("/api/v1/", "/apis/serving.kserve.io/v1beta1/").replace(
-                    "/services/t1-predictor", "/inferenceservices/t1") not in self.objects:
-                return 404, not_found
-            return 200, {"kind": "Service", "spec": {"ports": [
-                {"name": "http", "port": 80, "targetPort": 8080}, {"name": "grpc", "port": 8081, "targetPort": 8081}]}}
-        if path not in self.objects:
-            return 404, not_found
-        obj = self.objects[path]
-        self.gets[path] = self.gets.get(path, 0) + 1
-        ready = self.ready_after is not None and self.gets[path] > self.ready_after
-        if obj["kind"] == "Deployment":
-            status = {"observedGeneration": obj["metadata"]["generation"], "replicas": 1, "updatedReplicas": 1,
-                      "readyReplicas": int(ready), "availableReplicas": int(ready),
-                      "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
-                                      "message": "pod waiting: ImagePullBackOff"}]}
-        elif obj["kind"] == "InferenceService":
-            status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                      "reason": None if ready else "ModelLoading", "message": None}],
-                      "address": {"url": "http://t1-predictor.ns1.svc.cluster.local"}}
-        else:
-            status = {}
-        return 200, {**obj, "status": status}
-
-    def client(self) -> Any:
-        from kubernetes import client
-
-        configuration = client.Configuration()
-        configuration.host = self.url
-        return client.ApiClient(configuration)
-
-    def sent(self, method: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["method"] == method]
-
-
 @pytest.fixture
 def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    with serving() as server:
+        yield server
 
 
 def _cfg(**extra: Any) -> TeacherServeConfig:

@@ -52,7 +52,7 @@ def test_every_overlay_builds_and_validates(built) -> None:
     assert set(built) == {"gke", "minio", "cpu"}
     for name, objects in built.items():
         kinds = sorted(o["kind"] for o in objects)
-        assert kinds == ["ConfigMap", "Namespace", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount",
+        assert kinds == ["ConfigMap", "Namespace", "NetworkPolicy", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount",
                          "ServiceAccount", "ServingRuntime"], name
         errors = [e for o in objects for e in validate.object_errors(o)]
         assert errors == [], f"{name}: {errors}"
@@ -112,12 +112,21 @@ def test_network_policy_admits_only_students_to_teachers(built) -> None:
 def test_rbac_is_namespaced_and_least_privilege(built) -> None:
     objects = built["cpu"]
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    rules = _find(objects, "Role")["rules"]
-    granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {("apps", "deployments"), ("", "services"), ("serving.kserve.io", "inferenceservices")}
-    binding = _find(objects, "RoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "crossdistill-pipeline",
-                                    "namespace": "crossdistill"}]
+    roles = {o["metadata"]["name"]: o["rules"] for o in objects if o["kind"] == "Role"}
+    granted = {name: {(g, r, tuple(rule["verbs"])) for rule in rules for g in rule["apiGroups"]
+                      for r in rule["resources"]} for name, rules in roles.items()}
+    every = ("get", "list", "watch", "create", "update", "patch", "delete")
+    assert granted == {
+        "crossdistill-teacher-serve": {("apps", "deployments", every), ("", "services", every),
+                                       ("serving.kserve.io", "inferenceservices", every)},
+        # the launcher creates (server-side apply) and watches its job; it never deletes or lists
+        "crossdistill-student-train": {("trainer.kubeflow.org", "trainjobs", ("get", "create", "patch")),
+                                       ("kubeflow.org", "pytorchjobs", ("get", "create", "patch"))}}
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(b["roleRef"]["name"] for b in bindings) == sorted(roles)
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "crossdistill-pipeline",
+                                        "namespace": "crossdistill"}]
 
 
 def test_servingruntime_matches_the_backends(built) -> None:

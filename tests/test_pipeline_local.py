@@ -132,7 +132,8 @@ def _users_teacher(path: Path, ds) -> str:
 
 @pytest.mark.slow
 def test_online_pipeline_distils_the_users_teacher_on_the_users_data(tmp_path, digits):
-    """`pipeline run-local online --set teacher_model_uri=... --set student_data_uri=... --set test_data_uri=...`."""
+    """`pipeline run-local online --set teacher_model_uri=... --set student_data_uri=... --set test_data_uri=...`,
+    the student trained by two data-parallel ranks (``student_workers=2``)."""
     import numpy as np
 
     from crossdistill import pipeline_cli
@@ -153,7 +154,8 @@ def test_online_pipeline_distils_the_users_teacher_on_the_users_data(tmp_path, d
     assert pipeline_cli.main([
         "run-local", "online", "--pipeline-root", str(root), "--set", f"teacher_model_uri={teacher}",
         "--set", f"student_data_uri={student}", "--set", f"test_data_uri={test}", "--set", "student_epochs=2",
-        "--set", "teacher_name_prefix=cd-test-yours", "--set", f"eval_config_json={FAST_EVAL}"]) == 0
+        "--set", "student_workers=2", "--set", "teacher_name_prefix=cd-test-yours",
+        "--set", f"eval_config_json={FAST_EVAL}"]) == 0
     # Nothing of the demo ran: no data prepared, no teacher trained.
     assert not _runs_of(root, "prepare-data") and not _runs_of(root, "train-teacher")
     metrics = _check_evaluate(root)
@@ -161,4 +163,9 @@ def test_online_pipeline_distils_the_users_teacher_on_the_users_data(tmp_path, d
     assert metrics["teacher_accuracy"] > 0.8  # the user's own Keras teacher, served and asked over gRPC
     train = _outputs(root, "student-train")
     assert train["model"]["metadata"]["mode"] == "online"
+    # two data-parallel ranks (torchrun in the task), each asking the teacher for its own batches
+    from crossdistill.train import load_student
+
+    info = load_student(str(Path(train["model"]["uri"]) / train["model"]["metadata"]["file"]))[1]["extra"]
+    assert info["workers"] == 2 and info["finished"] and info["samples_seen"] == 2 * len(student_rows)
     _no_teacher_left(root, "cd-test-yours")

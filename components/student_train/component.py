@@ -23,9 +23,11 @@ def student_train(
     temperature: float = 4.0,
     seed: int = 0,
     threads: int = 1,
+    workers: int = 1,
+    launch_json: str = "{}",
     config_json: str = "{}",
 ):
-    """Train with crossdistill.train.trainer.train_student into ``<model>``.
+    """Train with crossdistill.deploy.student.run_student_train into ``<model>``.
 
     ``mode``: ``online`` talks to ``teacher_endpoint`` (gRPC host:port) every batch, ``offline``
     reads the collected ``soft_labels`` shards and/or one
@@ -34,19 +36,23 @@ def student_train(
     failed one stopped wherever the output path survives a retry (FUSE-mounted object storage).
     ``teacher_token_file`` / ``teacher_ca_file`` (paths of the pipeline's mounted Secrets, empty = none)
     become the teacher client's ``token_file`` and ``tls.ca_file``.
+    ``launch_json`` (StudentLaunchConfig keys) says where training runs: ``backend`` ``local`` in this task
+    (``workers`` > 1: data-parallel ranks under torchrun), ``trainjob`` / ``pytorchjob`` in a Kubeflow Trainer
+    TrainJob / PyTorchJob of ``workers`` processes that this task creates and waits for, placed by the
+    other keys (resources, node_selector, tolerations, ...).
     ``config_json`` holds any other StudentTrainConfig key; the explicit parameters win over it.
     """
     import os
 
-    from crossdistill.config import step_config
+    from crossdistill.config import json_object, step_config
+    from crossdistill.deploy.student import StudentTrainConfig, run_student_train
     from crossdistill.errors import ConfigError
-    from crossdistill.train.trainer import StudentTrainConfig, train_student
 
     auth = {**({"token_file": teacher_token_file} if teacher_token_file else {}),
             **({"tls": {"ca_file": teacher_ca_file}} if teacher_ca_file else {})}
     data = {"train_data": train_data.path, "out": model.path, "mode": mode, "epochs": epochs,
             "temperature": temperature, "seed": seed, "threads": threads, "resume": True, "progress": False,
-            "model": {"name": student_model}}
+            "model": {"name": student_model}, "workers": workers}
     if mode == "online":
         if not teacher_endpoint:
             raise ConfigError("student-train: mode=online needs teacher_endpoint (gRPC host:port of teacher-serve)")
@@ -57,7 +63,8 @@ def student_train(
             raise ConfigError("student-train: mode=offline needs soft_labels (pseudo-label shards) or soft_label_set")
         data["soft_labels"] = paths
     os.makedirs(model.path, exist_ok=True)
-    result = train_student(step_config(StudentTrainConfig, config_json, data, "student-train"))
+    placed = {"launch": json_object(launch_json, "student-train: launch_json")}
+    result = run_student_train(step_config(StudentTrainConfig, config_json, data, "student-train", defaults=placed))
     model_uri = str(result.model_uri)
     model.metadata.update({"file": os.path.relpath(model_uri, model.path), "framework": "pytorch",
                            "mode": mode, "model": student_model})

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ STEPS: dict[str, Step] = {
                              "remove a served teacher"),
     "pseudo-label": Step("crossdistill.teacher.pseudo_label", "PseudoLabelConfig", "run_pseudo_label",
                          "label a dataset (or one shard of it) with the teacher's soft outputs"),
-    "student-train": Step("crossdistill.train.trainer", "StudentTrainConfig", "train_student",
+    "student-train": Step("crossdistill.deploy.student", "StudentTrainConfig", "run_student_train",
                           "train the PyTorch student: online from a teacher, offline from soft labels, or hard labels"),
     "evaluate": Step("crossdistill.evaluate.run", "EvaluateConfig", "run_evaluate",
                      "metrics, exported student (TorchScript, ONNX), metrics.json and an HTML report"),
@@ -151,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """crossdistill's own INFO lines (resume points, teacher outages, chosen windows) on stderr, prefixed by
+    the rank under torchrun; other libraries keep their own levels."""
+    logger = logging.getLogger("crossdistill")
+    if logger.handlers:
+        return
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {rank}%(name)s: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.step not in STEPS:
         return args.func(args)
+    _log_to_stderr()
     try:
         schema, function = resolve(args.step)
         if args.show_schema:
@@ -182,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(terminal_summary(result))
     elif hasattr(result, "summary"):  # results that say themselves in a few lines (files hold the rest)
-        print(result.summary())
+        if not getattr(result, "rank", 0):  # data-parallel ranks: rank 0 speaks for all
+            print(result.summary())
     elif result is not None and args.step not in SELF_REPORTING:
         print(json.dumps(_jsonable(result), indent=2, default=str))
     return 0

@@ -27,3 +27,7 @@ class TeacherUnavailableError(TeacherError):
 
 class TeacherResponseError(TeacherError):
     """The teacher answered with a wrong tensor: missing, wrong shape or dtype, NaN or Inf."""
+
+
+class TrainingJobError(CrossdistillError):
+    """Data-parallel training ranks started elsewhere (torchrun, a TrainJob, a PyTorchJob) failed or timed out."""

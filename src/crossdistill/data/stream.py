@@ -36,6 +36,7 @@ from crossdistill.data.shards import UNLABELED, DatasetReader
 from crossdistill.errors import CrossdistillError, DataError
 
 READ_AHEAD = 2  # fragments read ahead of training when num_workers is 0
+FRAGMENTS_PER_RANK = 4  # below this many row groups per rank, ranks share every row group (rows interleaved)
 KEY = "_key"  # the row's position in the stream's row space (global row index when no row is dropped)
 
 
@@ -72,10 +73,11 @@ class _FragmentLoader:
 
     def __init__(self, train: list[str], soft: list[str] | None, soft_columns: Sequence[str],
                  labeled_only: bool, num_classes: int, preprocess: dict[str, Any] | None,
-                 key_starts: np.ndarray) -> None:
+                 key_starts: np.ndarray, interleave: tuple[int, int] | None = None) -> None:
         self.train_uris, self.soft_uris = train, soft
         self.soft_columns = [c for c in soft_columns if c != "id"]
         self.labeled_only, self.num_classes = labeled_only, num_classes
+        self.interleave = interleave  # (rank, world): keep the rows whose global index is rank modulo world
         self.preprocess, self.key_starts = preprocess, key_starts
         self._readers: tuple[DatasetReader, DatasetReader | None, Preprocessor, list[str]] | None = None
         self._pid = 0  # the process that opened _readers: a forked worker must not share its open files
@@ -134,11 +136,22 @@ class _FragmentLoader:
             row = int(np.flatnonzero(out["weight"] < 0)[0])
             raise DataError(f"{(soft or train).description}: column 'weight' is negative at row {frag.start + row} "
                             "(expected per-example weights >= 0)")
-        if self.labeled_only:
-            keep = out["y"] != UNLABELED
+        keep = _kept_rows(frag.start, out["y"], self.labeled_only, self.interleave)
+        if keep is not None:
             out = {k: v[keep] for k, v in out.items()}
         out[KEY] = self.key_starts[index] + np.arange(len(out["id"]), dtype=np.int64)
         return out
+
+
+def _kept_rows(start: int, y: np.ndarray, labeled_only: bool,
+              interleave: tuple[int, int] | None) -> np.ndarray | None:
+    """Which rows of a fragment starting at global row ``start`` a stream keeps (None = all)."""
+    keep = y != UNLABELED if labeled_only else None
+    if interleave is not None:
+        rank, world = interleave
+        mine = (start + np.arange(len(y))) % world == rank
+        keep = mine if keep is None else keep & mine
+    return keep
 
 
 class _Jobs:
@@ -220,8 +233,10 @@ def _draws(order: np.ndarray, counts: np.ndarray, rng: np.random.Generator, batc
 class BatchStream:
     """Batches of a dataset (one or several URIs, concatenated) with their soft labels read in step.
 
-    ``labeled_only`` drops unlabeled rows (hard-label training). ``rank``/``world`` select a disjoint,
-    contiguous part of the fragments (:meth:`DatasetReader.partition`) for data-parallel ranks.
+    ``labeled_only`` drops unlabeled rows (hard-label training). ``rank``/``world`` select a disjoint part
+    for data-parallel ranks: contiguous fragments (:meth:`DatasetReader.partition`) where there are at least
+    ``FRAGMENTS_PER_RANK`` per rank, else every ``world``-th row of every fragment (a small dataset, read whole
+    by every rank).
     """
 
     def __init__(self, train: str | Sequence[str], *, batch_size: int, seed: int, shuffle_buffer: int,
@@ -236,7 +251,9 @@ class BatchStream:
                             "every input row, in the same order")
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.num_workers = num_workers
-        part = set(self.reader.partition(rank, world)) if world > 1 else None
+        self.interleave = (rank, world) if 1 < world and len(self.reader.fragments) < FRAGMENTS_PER_RANK * world \
+            else None
+        part = set(self.reader.partition(rank, world)) if world > 1 and self.interleave is None else None
         self.fragments = [i for i, f in enumerate(self.reader.fragments) if part is None or f in part]
         self.rank, self.world = rank, world
         if labeled_only and "y" not in self.reader.spec:
@@ -247,14 +264,14 @@ class BatchStream:
         self.num_rows = int(counts[self.fragments].sum()) if self.fragments else 0
         self.batches_per_epoch = -(-self.num_rows // batch_size)
         self._loader = _FragmentLoader(self.reader.uris, None if soft is None else _uris(soft), soft_columns,
-                                       labeled_only, num_classes, preprocess, self.key_starts)
+                                       labeled_only, num_classes, preprocess, self.key_starts, self.interleave)
         self._prep = Preprocessor(self.reader.meta, preprocess, self.reader.description)
 
     def _count(self, index: int, labeled_only: bool) -> int:
         frag = self.reader.fragments[index]
-        if not labeled_only:
-            return frag.num_rows
-        return int((self.reader.read(frag, ["y"])["y"] != UNLABELED).sum())
+        y = self.reader.read(frag, ["y"])["y"] if labeled_only else np.zeros(frag.num_rows, dtype=np.int64)
+        keep = _kept_rows(frag.start, y, labeled_only, self.interleave)
+        return frag.num_rows if keep is None else int(keep.sum())
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -273,10 +290,12 @@ class BatchStream:
         raise DataError(f"{self.description} holds no example to train on")
 
     def fingerprint(self) -> dict[str, Any]:
-        """What fixes the order besides seed and batch size: the layout of the rows, buffer and part."""
-        layout = json.dumps([self.reader.num_examples, self.counts.tolist()])
-        return {"rows": self.num_rows, "layout": hashlib.sha256(layout.encode()).hexdigest()[:16],
-                "shuffle_buffer": self.shuffle_buffer, "rank": self.rank, "world": self.world}
+        """What fixes the order besides seed and batch size: the layout of the rows, the buffer and the number
+        of ranks (the same on every rank: they share one checkpoint)."""
+        layout = json.dumps([self.reader.num_examples, [f.num_rows for f in self.reader.fragments],
+                             self.interleave is not None])
+        return {"layout": hashlib.sha256(layout.encode()).hexdigest()[:16],
+                "shuffle_buffer": self.shuffle_buffer, "world": self.world}
 
     def _order(self, epoch: int) -> tuple[np.ndarray, np.random.Generator]:
         rng = np.random.default_rng([self.seed, epoch])

@@ -4,17 +4,18 @@ The runtime fixes the server command, ports (REST 8080, gRPC 8081) and ``--confi
 InferenceService's ``args`` to the runtime's, so the model-specific ``key=value`` overrides live here.
 Raw (plain Deployment) mode: gRPC needs no Knative/Istio and the NetworkPolicy applies to the pods.
 ``schema_errors(obj)`` checks a serving.kserve.io object against the KServe SDK's OpenAPI models (the
-CRDs' schema, installed with ``kserve``), so manifests and built objects are validated offline.
+CRDs' schema, installed with ``kserve``; walked by ``crossdistill.deploy.schema``), so manifests and built
+objects are validated offline.
 """
 
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 from typing import Any
 
 from crossdistill.deploy import kubernetes as k8s
+from crossdistill.deploy import schema
 from crossdistill.deploy.config import Endpoint, TeacherServeConfig, TeacherTeardownConfig
 from crossdistill.errors import ConfigError
 
@@ -119,57 +120,17 @@ def teardown(cfg: TeacherTeardownConfig | TeacherServeConfig, client: Any = None
 
 _KINDS = {"InferenceService": "V1beta1InferenceService", "ServingRuntime": "V1alpha1ServingRuntime",
           "ClusterServingRuntime": "V1alpha1ClusterServingRuntime"}
-_LIST = re.compile(r"^list\[(.+)\]$")
-_DICT = re.compile(r"^dict\(([^,]+), (.+)\)$")
-_SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
-                                         "object": (object,), "datetime": (str,), "date": (str,)}
+_resolve = schema.module_resolver("kserve.models", "kubernetes.client.models")
 
 
 def _model_class(name: str) -> Any:
     saved = sys.argv
     sys.argv = saved[:1]  # importing kserve parses sys.argv at module level
     try:
-        kserve_models = importlib.import_module("kserve.models")
+        importlib.import_module("kserve.models")
     finally:
         sys.argv = saved
-    cls = getattr(kserve_models, name, None)
-    if cls is None:
-        cls = getattr(importlib.import_module("kubernetes.client.models"), name, None)
-    if cls is None:
-        raise ConfigError(f"no OpenAPI model {name} in kserve or kubernetes")
-    return cls
-
-
-def _check(value: Any, type_name: str, path: str, errors: list[str]) -> None:
-    if type_name in _SCALARS:
-        ok = isinstance(value, _SCALARS[type_name]) and not (type_name in ("int", "float") and isinstance(value, bool))
-        if not ok:
-            errors.append(f"{path}: expected {type_name}, got {type(value).__name__} {value!r}")
-        return
-    if m := _LIST.match(type_name):
-        if not isinstance(value, list):
-            errors.append(f"{path}: expected a list of {m.group(1)}, got {type(value).__name__}")
-            return
-        for i, item in enumerate(value):
-            _check(item, m.group(1), f"{path}[{i}]", errors)
-        return
-    if m := _DICT.match(type_name):
-        if not isinstance(value, dict):
-            errors.append(f"{path}: expected a mapping, got {type(value).__name__}")
-            return
-        for key, item in value.items():
-            _check(item, m.group(2), f"{path}.{key}", errors)
-        return
-    cls = _model_class(type_name)
-    if not isinstance(value, dict):
-        errors.append(f"{path}: expected an object ({type_name}), got {type(value).__name__}")
-        return
-    by_json = {json_name: attr for attr, json_name in cls.attribute_map.items()}
-    for key, item in value.items():
-        if key not in by_json:
-            errors.append(f"{path}.{key}: unknown field (not in {type_name})")
-            continue
-        _check(item, cls.openapi_types[by_json[key]], f"{path}.{key}", errors)
+    return _resolve(name)
 
 
 def schema_errors(obj: dict[str, Any]) -> list[str]:
@@ -179,6 +140,4 @@ def schema_errors(obj: dict[str, Any]) -> list[str]:
         raise ConfigError(f"no KServe schema for kind {kind!r} (known: {', '.join(_KINDS)})")
     if not str(obj.get("apiVersion", "")).startswith("serving.kserve.io/"):
         return [f"apiVersion: expected serving.kserve.io/..., got {obj.get('apiVersion')!r}"]
-    errors: list[str] = []
-    _check(obj, _KINDS[kind], kind, errors)
-    return errors
+    return schema.errors(obj, _KINDS[kind], kind, schema.OpenApiModels(_model_class))

@@ -12,6 +12,10 @@ read-only from those Secrets (``auth.token_file`` and ``tls.*`` then name keys i
 server is pointed at the mounted paths; no secret value is ever put into an object. With a token the
 probes use the one open path (``/v2/health/live``: the server listens only once the model is loaded,
 so live means ready); with TLS they speak HTTPS; with mutual TLS they only open a TCP connection.
+
+The pod pieces (labels, resources, tolerations, security contexts, envFrom, Secret mounts) and the API calls
+(``apply_objects``, ``get_object``, ``wait_until``, which raise the caller's error classes) also serve the
+student's training jobs (``crossdistill.deploy.trainjob``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,14 @@ from typing import Any
 
 import yaml
 
-from crossdistill.deploy.config import Endpoint, TeacherServeConfig, TeacherTeardownConfig
-from crossdistill.errors import ConfigError, TeacherError, TeacherUnavailableError
+from crossdistill.deploy.config import (
+    Endpoint,
+    Resources,
+    TeacherServeConfig,
+    TeacherTeardownConfig,
+    Toleration,
+)
+from crossdistill.errors import ConfigError, CrossdistillError, TeacherError, TeacherUnavailableError
 
 HTTP_PORT = 8080  # KServe's default REST port
 GRPC_PORT = 8081  # KServe's default gRPC port
@@ -132,33 +142,42 @@ def probes(cfg: TeacherServeConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def secret_volumes(cfg: TeacherServeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The Secret volumes and their read-only mounts (names only: values stay in the Secrets)."""
+def mounted_secrets(items: list[tuple[str, str | None, str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and read-only mounts of ``(volume name, Secret or None, mount path)`` (values stay in the Secrets)."""
     volumes, mounts = [], []
-    for name, secret, path in (("auth", cfg.auth_secret, AUTH_MOUNT), ("tls", cfg.tls_secret, TLS_MOUNT)):
+    for name, secret, path in items:
         if secret:
             volumes.append({"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}})
             mounts.append({"name": name, "mountPath": path, "readOnly": True})
     return volumes, mounts
 
 
-def labels(cfg: TeacherServeConfig) -> dict[str, str]:
+def secret_volumes(cfg: TeacherServeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Secret volumes and their read-only mounts (names only: values stay in the Secrets)."""
+    return mounted_secrets([("auth", cfg.auth_secret, AUTH_MOUNT), ("tls", cfg.tls_secret, TLS_MOUNT)])
+
+
+def role_labels(instance: str, role: str, component: str) -> dict[str, str]:
+    """The labels of a crossdistill workload; ``ROLE_LABEL`` is what the NetworkPolicy selects on."""
     return {
-        "app.kubernetes.io/name": "crossdistill-teacher",
-        "app.kubernetes.io/instance": cfg.name,
+        "app.kubernetes.io/name": f"crossdistill-{role}",
+        "app.kubernetes.io/instance": instance,
         "app.kubernetes.io/part-of": "crossdistill",
-        "app.kubernetes.io/component": "teacher-serve",
-        ROLE_LABEL: TEACHER_ROLE,
+        "app.kubernetes.io/component": component,
+        ROLE_LABEL: role,
     }
+
+
+def labels(cfg: TeacherServeConfig) -> dict[str, str]:
+    return role_labels(cfg.name, TEACHER_ROLE, "teacher-serve")
 
 
 def selector(cfg: TeacherServeConfig) -> dict[str, str]:
     return {"app.kubernetes.io/instance": cfg.name, ROLE_LABEL: TEACHER_ROLE}
 
 
-def resources(cfg: TeacherServeConfig) -> dict[str, dict[str, Any]]:
+def resources(res: Resources) -> dict[str, dict[str, Any]]:
     """Requests = limits (Guaranteed QoS; accelerators cannot be overcommitted anyway)."""
-    res = cfg.resources
     amounts: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     if res.accelerator_type and res.accelerator_count > 0:
         amounts[res.accelerator_type] = str(res.accelerator_count)
@@ -168,9 +187,9 @@ def resources(cfg: TeacherServeConfig) -> dict[str, dict[str, Any]]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def tolerations(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
+def tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
     out = []
-    for t in cfg.tolerations:
+    for t in items:
         item: dict[str, Any] = {"key": t.key, "operator": t.operator}
         if t.operator == "Equal":
             if t.value is None:
@@ -180,6 +199,22 @@ def tolerations(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
             item["effect"] = t.effect
         out.append(item)
     return out
+
+
+def env_from() -> list[dict[str, Any]]:
+    """The defaults ConfigMap and the object-store credentials, as environment (both optional)."""
+    return [{"configMapRef": {"name": DEFAULTS_CONFIGMAP, "optional": True}},
+            {"secretRef": {"name": S3_CREDENTIALS_SECRET, "optional": True}}]
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def container(cfg: TeacherServeConfig, name: str = "teacher") -> dict[str, Any]:
@@ -195,12 +230,10 @@ def container(cfg: TeacherServeConfig, name: str = "teacher") -> dict[str, Any]:
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
         ],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "KERAS_BACKEND", "value": "tensorflow"}],
-        "envFrom": [{"configMapRef": {"name": DEFAULTS_CONFIGMAP, "optional": True}},
-                    {"secretRef": {"name": S3_CREDENTIALS_SECRET, "optional": True}}],
-        "resources": resources(cfg),
+        "envFrom": env_from(),
+        "resources": resources(cfg.resources),
         **probes(cfg),
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *secret_volumes(cfg)[1]],
     }
 
@@ -208,8 +241,7 @@ def container(cfg: TeacherServeConfig, name: str = "teacher") -> dict[str, Any]:
 def pod_spec(cfg: TeacherServeConfig) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the server never talks to the API server
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
-                            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security_context(),
         "containers": [container(cfg)],
         "volumes": [{"name": "tmp", "emptyDir": {}}, *secret_volumes(cfg)[0]],
     }
@@ -218,7 +250,7 @@ def pod_spec(cfg: TeacherServeConfig) -> dict[str, Any]:
     if cfg.node_selector:
         spec["nodeSelector"] = dict(cfg.node_selector)
     if cfg.tolerations:
-        spec["tolerations"] = tolerations(cfg)
+        spec["tolerations"] = tolerations(cfg.tolerations)
     return spec
 
 
@@ -265,7 +297,10 @@ def endpoint(cfg: TeacherServeConfig) -> Endpoint:
 
 # --- talking to a cluster -------------------------------------------------------------------------
 
-_PLURALS = {"Deployment": "deployments", "Service": "services", "InferenceService": "inferenceservices"}
+_PLURALS = {"Deployment": "deployments", "Service": "services", "InferenceService": "inferenceservices",
+            "TrainJob": "trainjobs", "PyTorchJob": "pytorchjobs"}
+# What _call raises: when the API server refuses, and when it does not answer (the teacher's by default).
+TEACHER_ERRORS: tuple[type[CrossdistillError], type[CrossdistillError]] = (TeacherError, TeacherUnavailableError)
 
 
 def api_client() -> Any:
@@ -301,7 +336,8 @@ def _describe(obj: dict[str, Any]) -> str:
 
 
 def _call(client: Any, method: str, path: str, what: str, *, body: Any = None, query: list | None = None,
-          headers: dict[str, str] | None = None, missing_ok: bool = False) -> dict[str, Any] | None:
+          headers: dict[str, str] | None = None, missing_ok: bool = False,
+          errors: tuple[type[CrossdistillError], type[CrossdistillError]] = TEACHER_ERRORS) -> dict[str, Any] | None:
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError as TransportError
 
@@ -314,16 +350,19 @@ def _call(client: Any, method: str, path: str, what: str, *, body: Any = None, q
             return None
         hint = " (check the Role/RoleBinding of the service account in manifests/base)" \
             if exc.status in (401, 403) else ""
-        raise TeacherError(f"{method} {what} failed: HTTP {exc.status} {exc.reason}: "
-                           f"{(exc.body or '')[:500]}{hint}") from None
+        if exc.status == 404 and method == "PATCH":
+            hint = f" (is the operator that defines {what.split()[0]} installed on this cluster?)"
+        raise errors[0](f"{method} {what} failed: HTTP {exc.status} {exc.reason}: "
+                        f"{(exc.body or '')[:500]}{hint}") from None
     except (OSError, TransportError) as exc:  # connection refused, DNS, TLS
-        raise TeacherUnavailableError(f"{method} {what}: the Kubernetes API server did not answer: {exc}") from None
+        raise errors[1](f"{method} {what}: the Kubernetes API server did not answer: {exc}") from None
 
 
-def apply_objects(client: Any, objects: list[dict[str, Any]]) -> None:
+def apply_objects(client: Any, objects: list[dict[str, Any]],
+                  errors: tuple[type[CrossdistillError], type[CrossdistillError]] = TEACHER_ERRORS) -> None:
     """Server-side apply of every object (creates or updates; idempotent)."""
     for obj in objects:
-        _call(client, "PATCH", object_path(obj), _describe(obj), body=obj,
+        _call(client, "PATCH", object_path(obj), _describe(obj), body=obj, errors=errors,
               query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
               headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"})
 
@@ -336,8 +375,9 @@ def delete_objects(client: Any, objects: list[dict[str, Any]]) -> None:
               headers={"Content-Type": "application/json", "Accept": "application/json"})
 
 
-def get_object(client: Any, obj: dict[str, Any]) -> dict[str, Any] | None:
-    return _call(client, "GET", object_path(obj), _describe(obj), missing_ok=True,
+def get_object(client: Any, obj: dict[str, Any],
+               errors: tuple[type[CrossdistillError], type[CrossdistillError]] = TEACHER_ERRORS) -> dict[str, Any] | None:
+    return _call(client, "GET", object_path(obj), _describe(obj), missing_ok=True, errors=errors,
                  headers={"Accept": "application/json"})
 
 
@@ -359,9 +399,11 @@ def deployment_ready(live: dict[str, Any] | None) -> tuple[bool, str]:
                    + (f"; conditions: {conditions}" if conditions else ""))
 
 
-def wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: str, poll_s: float = POLL_S) -> None:
-    """Poll ``check`` (0.25 s at first, backing off to ``poll_s``) until it says ready; after ``timeout_s``
-    raise TeacherUnavailableError with its last word."""
+def wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: str, poll_s: float = POLL_S, *,
+               error: type[CrossdistillError] = TeacherUnavailableError, state: str = "ready",
+               setting: str = "ready_timeout_s", hint: str = "") -> None:
+    """Poll ``check`` (0.25 s at first, backing off to ``poll_s``) until it says done; after ``timeout_s``
+    raise ``error``: ``<what> was not <state> after <setting>=<timeout_s> s: <check's last word><hint>``."""
     deadline = time.monotonic() + timeout_s
     delay = min(0.25, poll_s)
     while True:
@@ -370,7 +412,7 @@ def wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: st
             return
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TeacherUnavailableError(f"{what} was not ready after ready_timeout_s={timeout_s:g} s: {why}")
+            raise error(f"{what} was not {state} after {setting}={timeout_s:g} s: {why}{hint}")
         time.sleep(min(delay, left))
         delay = min(delay * 2, poll_s)
 

@@ -3,8 +3,10 @@
 ``TrainingState`` holds the model, the feature projections, optimizer, scheduler, the position in the
 data stream (epoch, batch inside it), optimizer steps, samples, the log so far, the loss values since
 the last log entry and the run's fingerprint. A checkpoint is its :meth:`state_dict` plus the torch
-RNG state, so a resumed run continues bit for bit; a checkpoint whose fingerprint differs from the
-run's (data layout, model, schedule, seed, ...) is refused, naming what changed.
+RNG state (of every rank in a data-parallel run), so a resumed run continues bit for bit; a
+checkpoint whose fingerprint differs from the run's (data layout, number of ranks, model, schedule,
+seed, ...) is refused, naming what changed. Data-parallel ranks step in lockstep, so one position
+(epoch, batch) is every rank's position: rank 0 writes the checkpoint, every rank reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 from torch import nn
 
 from crossdistill.errors import ConfigError
-from crossdistill.train.checkpoint import latest_checkpoint, save_checkpoint
+from crossdistill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from crossdistill.train.parallel import Parallel
 
 
 @dataclass
@@ -37,19 +40,22 @@ class TrainingState:
     history: list[dict[str, Any]] = field(default_factory=list)
     window: list[dict[str, float]] = field(default_factory=list)  # loss terms of each step since the last entry
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rank_rng: list[torch.Tensor] | None = None) -> dict[str, Any]:
+        """Everything to continue from; ``rank_rng``: the torch RNG state of each rank (data-parallel)."""
         state = {"step": self.step, "samples_seen": self.samples, "epoch": self.epoch, "batch": self.batch,
                  "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "features": self.features.state_dict() if self.features is not None else {},
                  "history": self.history, "log_window": self.window, "fingerprint": self.fingerprint,
                  "torch_rng": torch.get_rng_state()}
+        if rank_rng is not None:
+            state["rank_rng"] = rank_rng
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
-    def load_state_dict(self, state: dict[str, Any], where: str) -> None:
-        """Restore from a checkpoint ``state`` read from ``where``; refuse one from a different run."""
+    def load_state_dict(self, state: dict[str, Any], where: str, rank: int = 0) -> None:
+        """Restore rank ``rank`` from a checkpoint ``state`` read from ``where``; refuse one from a different run."""
         theirs = state.get("fingerprint") or {}
         changed = [k for k in self.fingerprint if theirs.get(k) != self.fingerprint[k]]
         if changed:
@@ -60,7 +66,7 @@ class TrainingState:
             self.features.load_state_dict(state["features"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["rank_rng"][rank] if "rank_rng" in state else state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step, self.samples = int(state["step"]), int(state["samples_seen"])
@@ -68,16 +74,22 @@ class TrainingState:
         self.history = list(state["history"])
         self.window = [dict(v) for v in state["log_window"]]
 
-    def resume(self, out: str) -> str | None:
-        """Load the newest checkpoint under ``out``; returns its URI, or None when there is none."""
-        found = latest_checkpoint(out)
-        if found is None:
+    def resume(self, out: str, parallel: Parallel) -> str | None:
+        """Load the newest checkpoint under ``out`` (the one rank 0 finds, on every rank); returns its URI,
+        or None when there is none."""
+        found = latest_checkpoint(out) if parallel.primary else None
+        uri = parallel.broadcast(found[0] if found is not None else None)
+        if uri is None:
             return None
-        self.load_state_dict(found[1], found[0])
-        return found[0]
+        self.load_state_dict(found[1] if found is not None else load_checkpoint(uri), uri, parallel.rank)
+        return uri
 
-    def save(self, out: str, keep: int) -> str:
-        return save_checkpoint(out, self.state_dict(), keep=keep)
+    def save(self, out: str, keep: int, parallel: Parallel) -> str | None:
+        """Write a checkpoint (rank 0; every rank must call this: the RNG states are gathered)."""
+        rngs = parallel.gather(torch.get_rng_state()) if parallel.world > 1 else None
+        if not parallel.primary:
+            return None
+        return save_checkpoint(out, self.state_dict(rngs), keep=keep)
 
     def advance(self, epoch: int, batch: int, rows: int, batches_per_epoch: int, losses: dict[str, float]) -> None:
         """Count one optimizer step on batch ``batch`` of ``epoch`` with the given loss values."""

@@ -15,6 +15,11 @@
   ``checkpoint_every`` steps, at the end and when the teacher fails; a rerun resumes at the same
   position inside the epoch (SIGKILL included) and ends with the same weights.
 
+Under torchrun every process is one data-parallel rank (:mod:`crossdistill.train.parallel`): its own
+part of the data, its own teacher requests, DDP gradients, steps in lockstep, ``batch_size`` rows per
+rank and step; rank 0 writes checkpoints, the model and the log. ``workers`` > 1 outside torchrun is
+for :func:`crossdistill.deploy.student.run_student_train`, which starts the ranks.
+
 Files under ``out``: ``checkpoints/``, ``model.pt`` (:func:`save_student`), ``train_log.jsonl``.
 """
 
@@ -24,6 +29,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,7 +52,9 @@ from crossdistill.losses.terms import (
     WeightedLoss,
 )
 from crossdistill.teacher.client import TeacherClientConfig
+from crossdistill.teacher.serve_config import Resources, Toleration
 from crossdistill.train.models import ModelSpec, build_model, save_student
+from crossdistill.train.parallel import Parallel
 from crossdistill.train.state import TrainingState
 from crossdistill.train.targets import HardLabels, LiveTeacher, StoredSoftLabels, Targets, TargetSource
 
@@ -70,6 +78,29 @@ class FeaturePair(StrictConfig):
     teacher: str = Field(..., description="teacher layer name (online: requested over RPC; offline: "
                                           "column 'layer/<name>' of the soft labels)")
     weight: float = Field(1.0, ge=0, description="lambda of this pair (normalised over the pairs)")
+
+
+class StudentLaunchConfig(StrictConfig):
+    """Where the processes of a data-parallel run (``workers`` > 1) start, and with what."""
+
+    backend: Literal["local", "trainjob", "pytorchjob"] = Field(
+        "local", description="local: this process (torchrun ranks on this machine when workers > 1); trainjob: "
+                             "a Kubeflow Trainer (v2) TrainJob; pytorchjob: a PyTorchJob of the training operator (v1)")
+    proc_per_node: int = Field(1, ge=1, description="processes per node (GPUs per node); trainjob/pytorchjob run "
+                                                    "workers / proc_per_node nodes")
+    name: str | None = Field(None, description="job name (trainjob/pytorchjob); default: derived from out")
+    namespace: str = "crossdistill"
+    runtime: str = Field("torch-distributed", description="the ClusterTrainingRuntime a TrainJob refers to")
+    image: str | None = Field(None, description="worker image (trainjob/pytorchjob); images.yaml student image")
+    resources: Resources = Field(default_factory=lambda: Resources(cpu="4", memory="16Gi"),
+                                 description="per node")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    secret_mounts: dict[str, str] = Field(default_factory=dict, description="Secret name -> mount path in every "
+                                                                            "worker (the teacher client's token, CA)")
+    service_account: str | None = Field(None, description="the workers' ServiceAccount (e.g. one that Workload "
+                                                          "Identity lets read the data and write out)")
+    timeout_s: float = Field(7 * 86400.0, gt=0, description="how long the launching step waits for the job")
 
 
 class StudentTrainConfig(StrictConfig):
@@ -114,6 +145,9 @@ class StudentTrainConfig(StrictConfig):
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
+    workers: int = Field(1, ge=1, description="data-parallel processes (DDP; batch_size is per process), started "
+                                              "by launch.backend; under torchrun they come from its environment")
+    launch: StudentLaunchConfig = Field(default_factory=StudentLaunchConfig)
 
 
 @dataclass
@@ -125,6 +159,7 @@ class TrainResult:
     epochs_completed: int
     finished: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0  # the data-parallel rank that returned this (every rank returns the same figures)
 
     def summary(self) -> str:
         """A few lines for the terminal (the full history is in train_log.jsonl beside the model)."""
@@ -136,6 +171,21 @@ class TrainResult:
                 f"{self.epochs_completed} epoch(s){rate}\n"
                 f"  final loss {self.final_loss:.4f}" + (f" ({terms})" if terms else "") + "\n"
                 f"  model: {self.model_uri}")
+
+
+def read_result(out: str) -> TrainResult:
+    """The result of a finished run read back from its folder (a run whose ranks ran in other processes)."""
+    from crossdistill.train.models import load_student
+
+    model_uri = storage.join(out, MODEL_FILE)
+    if not storage.exists(model_uri):
+        raise DataError(f"{out} holds no {MODEL_FILE}: the training run did not get to the end")
+    extra = load_student(model_uri)[1]["extra"]
+    history = [json.loads(line) for line in storage.read_text(storage.join(out, LOG_FILE)).splitlines() if line]
+    return TrainResult(model_uri=model_uri, steps=int(extra["steps"]), samples_seen=int(extra["samples_seen"]),
+                       final_loss=history[-1]["loss"] if history else math.nan,
+                       epochs_completed=int(extra.get("epochs_completed", 0)), finished=bool(extra["finished"]),
+                       history=history)
 
 
 def _check_config(cfg: StudentTrainConfig) -> None:
@@ -193,14 +243,6 @@ def _make_schedule(cfg: StudentTrainConfig, opt: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA device (use device=auto or cpu)")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
 def _fingerprint(cfg: StudentTrainConfig, stream: BatchStream) -> dict[str, Any]:
     dumped = cfg.model_dump(mode="json")
     return {**{k: dumped[k] for k in _RESUME_FINGERPRINT}, "data": stream.fingerprint()}
@@ -222,18 +264,45 @@ def _loss_inputs(logits: torch.Tensor, y: torch.Tensor, target: Targets | None, 
         teacher_features={k: v.to(device) for k, v in target.layers.items()})
 
 
+def _lockstep(pairs: Iterator[tuple[Batch, Targets | None]], epoch: int, index: int, epochs: int,
+              per_epoch: int) -> Iterator[tuple[int, int, Batch | None, Targets | None]]:
+    """Every step from ``(epoch, index)`` with this rank's batch, or ``None`` where its part has run out
+    before the epoch's ``per_epoch`` steps (data-parallel ranks of uneven parts)."""
+    pending = next(pairs, None)
+    while epoch < epochs:
+        if pending is not None and (pending[0].epoch, pending[0].index) == (epoch, index):
+            yield epoch, index, pending[0], pending[1]
+            pending = next(pairs, None)
+        else:
+            yield epoch, index, None, None
+        epoch, index = (epoch, index + 1) if index + 1 < per_epoch else (epoch + 1, 0)
+
+
 def train_student(cfg: StudentTrainConfig) -> TrainResult:
     """Train the student described by ``cfg``; returns where the model went and what happened."""
     _check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    parallel = Parallel.start(cfg.device, cfg.workers)
+    try:
+        return _train(cfg, parallel)
+    finally:
+        parallel.close()
+
+
+def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
+    device = par.device
     where = _describe(cfg.train_data)
     names = class_names(DatasetReader(cfg.train_data).meta, where)
     source = _target_source(cfg, names)  # label spaces are checked here, before any step
     stream = BatchStream(cfg.train_data, batch_size=cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
                          num_classes=len(names), soft=source.soft_uris, soft_columns=source.soft_columns,
-                         labeled_only=cfg.mode == "hard", num_workers=cfg.num_workers, preprocess=cfg.preprocess)
+                         labeled_only=cfg.mode == "hard", num_workers=cfg.num_workers, preprocess=cfg.preprocess,
+                         rank=par.rank, world=par.world)
+    if stream.num_rows == 0 and par.world > 1:
+        raise DataError(f"{where}: rank {par.rank} of {par.world} gets no rows: its "
+                        f"{len(stream.reader.fragments)} row group(s) cannot be shared by {par.world} ranks "
+                        "(write it with smaller row groups, or use fewer workers)")
     if stream.num_rows == 0:
         raise DataError(f"mode=hard but {where} has no labeled example (all y = -1)" if cfg.mode == "hard"
                         else f"{where} holds no examples")
@@ -241,6 +310,8 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, input_shape, len(names)).to(device)
+    if par.rank:  # the same initial weights (DDP broadcasts rank 0's), but dropout masks of its own
+        torch.manual_seed(cfg.seed + 7919 * par.rank)
     distiller: CrossLayerDistiller | None = None
     if cfg.features:
         first: Batch | None = None if cfg.mode == "offline" else next(stream.batches(0, 0, 1))
@@ -248,21 +319,27 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
             [(f.student, f.teacher) for f in cfg.features],
             feature_shapes(model, [f.student for f in cfg.features], input_shape), source.layer_shapes(first),
             weights=[f.weight for f in cfg.features]).to(device)
+    net = par.wrap(model)
     loss_fn = _loss(cfg, distiller)
     opt = _make_optimizer(cfg, [*model.parameters(), *(distiller.parameters() if distiller is not None else [])])
-    total_steps = stream.batches_per_epoch * cfg.epochs
+    per_epoch = par.max_int(stream.batches_per_epoch)
+    if stream.batches_per_epoch < per_epoch:
+        log.info("rank %d has %d of the %d batches per epoch (its part of %s is smaller): it steps with empty "
+                 "batches for the rest", par.rank, stream.batches_per_epoch, per_epoch, where)
+    total_steps = per_epoch * cfg.epochs
     state = TrainingState(model, opt, _make_schedule(cfg, opt, total_steps), _fingerprint(cfg, stream), distiller)
-    resumed = state.resume(cfg.out) if cfg.resume else None
-    if resumed is not None:
+    resumed = state.resume(cfg.out, par) if cfg.resume else None
+    if resumed is not None and par.primary:
         log.info("resuming from %s at step %d (epoch %d, batch %d)", resumed, state.step, state.epoch, state.batch)
     last_saved = state.step if resumed is not None else -1
     last_loss = state.last_loss
-    t_window, timed = time.perf_counter(), 0  # throughput of this process only
+    t_window, timed = time.perf_counter(), 0  # throughput of all ranks together
 
     def checkpoint() -> None:
         nonlocal last_saved
-        state.save(cfg.out, cfg.keep_checkpoints)
-        _write_log(cfg.out, state.history)
+        state.save(cfg.out, cfg.keep_checkpoints, par)
+        if par.primary:
+            _write_log(cfg.out, state.history)
         last_saved = state.step
 
     def record(epoch: int) -> None:
@@ -274,40 +351,66 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.step, disable=not cfg.progress, unit="step", desc="student-train")
+    bar = tqdm(total=total_steps, initial=state.step, disable=not cfg.progress or not par.primary, unit="step",
+               desc="student-train")
     model.train()
     already_done = cfg.max_steps is not None and state.step >= cfg.max_steps
-    batches = source.targets(stream.batches(state.epoch, state.batch, 0 if already_done else cfg.epochs))
+    epochs = state.epoch if already_done else cfg.epochs
+    batches = source.targets(stream.batches(state.epoch, min(state.batch, stream.batches_per_epoch), epochs))
+    steps = _lockstep(batches, state.epoch, state.batch, epochs, per_epoch)
     hooks = FeatureHooks(model, distiller.student_paths) if distiller is not None else None
+    empty = torch.empty((0, *input_shape), device=device)
     try:
-        for batch, target in batches:
-            y = torch.from_numpy(batch.y).to(device)
-            logits = model(torch.from_numpy(batch.x).to(device))
-            loss, values = loss_fn(_loss_inputs(logits, y, target, hooks, device))
-            last_loss = loss.item()
+        while True:
+            failure: TeacherError | None = None
+            try:
+                epoch, index, batch, target = next(steps)
+            except StopIteration:
+                break
+            except TeacherError as exc:  # every rank stops at this step, below
+                failure, batch = exc, None
+            rows, values = 0, dict.fromkeys(loss_fn.names, 0.0)
+            if failure is None:
+                logits = net(empty if batch is None else torch.from_numpy(batch.x).to(device))
+                if batch is None:
+                    loss = logits.sum() * 0.0  # no rows: a zero gradient, so DDP's all-reduce still happens
+                else:
+                    rows = len(batch)
+                    y = torch.from_numpy(batch.y).to(device)
+                    loss, values = loss_fn(_loss_inputs(logits, y, target, hooks, device))
+                last_loss = loss.item()
+            totals = par.step_totals([rows, rows * last_loss, *(rows * v for v in values.values()),
+                                      float(failure is not None)])
+            if totals[-1]:
+                if 0 < state.step != last_saved:  # keep the progress made so far: a resume re-sends only what is left
+                    checkpoint()
+                raise failure or TeacherError(f"the teacher failed on another rank at step {state.step + 1}; "
+                                              "a rerun with the same out resumes from the checkpoint")
+            if par.world > 1:
+                last_loss = totals[1] / totals[0]
+                values = {k: v / totals[0] for k, v in zip(values, totals[2:-1], strict=True)}
             if not math.isfinite(last_loss):
                 raise TrainingDivergedError(
-                    f"loss is {last_loss} at step {state.step + 1} (epoch {batch.epoch}, batch {batch.index}): "
+                    f"loss is {last_loss} at step {state.step + 1} (epoch {epoch}, batch {index}): "
                     f"lower lr (now {cfg.lr}) or check inputs and teacher outputs for NaN/Inf")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks: weighting by rows makes that the global batch's mean
+            (loss * (par.world * rows / totals[0]) if par.world > 1 else loss).backward()
+            par.average_gradients(distiller)
             opt.step()
             state.scheduler.step()
-            state.advance(batch.epoch, batch.index, len(batch), stream.batches_per_epoch,
+            state.advance(epoch, index, int(totals[0]), per_epoch,
                           {"loss": last_loss, **{f"loss/{k}": v for k, v in values.items()}})
-            timed += len(batch)
+            timed += int(totals[0])
             if state.step % cfg.log_every == 0 or state.batch == 0:
-                record(batch.epoch)
+                record(epoch)
             bar.update(1)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                 checkpoint()
             if cfg.max_steps is not None and state.step >= cfg.max_steps:
                 break
-    except TeacherError:
-        if 0 < state.step != last_saved:  # keep the progress made so far: a resume re-sends only what is left
-            checkpoint()
-        raise
     finally:
+        steps.close()
         batches.close()  # cancels teacher requests still in flight
         if hooks is not None:
             hooks.remove()
@@ -318,11 +421,13 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     if last_saved != state.step:
         checkpoint()
     model_uri = storage.join(cfg.out, MODEL_FILE)
-    save_student(model_uri, model, cfg.model, input_shape, len(names),
-                 extra={"steps": state.step, "samples_seen": state.samples, "finished": finished, "mode": cfg.mode,
-                        "temperature": cfg.temperature, "train_data": cfg.train_data, "class_names": names})
-    _write_log(cfg.out, state.history)
+    if par.primary:
+        save_student(model_uri, model, cfg.model, input_shape, len(names),
+                     extra={"steps": state.step, "samples_seen": state.samples, "finished": finished,
+                            "epochs_completed": state.epoch, "mode": cfg.mode, "temperature": cfg.temperature,
+                            "train_data": cfg.train_data, "class_names": names, "workers": par.world})
+        _write_log(cfg.out, state.history)
     if not math.isfinite(last_loss) and state.history:
         last_loss = state.history[-1]["loss"]
     return TrainResult(model_uri=model_uri, steps=state.step, samples_seen=state.samples, final_loss=last_loss,
-                       epochs_completed=state.epoch, finished=finished, history=state.history)
+                       epochs_completed=state.epoch, finished=finished, history=state.history, rank=par.rank)
