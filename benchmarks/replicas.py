@@ -6,7 +6,10 @@ per request, 1 torch thread) reaches them as one ``teacher.url=ip:port,ip:port,.
 ``max_in_flight=auto``, on the digits student split repeated ``--epochs`` times. The reference is the
 same student trained offline from soft labels computed beforehand (c). Samples/s are steady state (after
 the first logging window). Targets: 2 replicas >= 1.8x one; with enough replicas, online >= 0.95x
-offline. Prints a table and writes ``<results>.json`` / ``.md``; asserts nothing.
+offline. Each run also says how busy the machine's CPUs were (``/proc/stat``) and how many cores the
+student's own process used, which tells whether the replicas' serving shares the student's CPUs
+(here) rather than running on machines of their own (a cluster). Prints a table and writes
+``<results>.json`` / ``.md``; asserts nothing.
 
     .venv/bin/python -m benchmarks.replicas [--replicas 1,2,4,8] [--hold-ms 20] [--epochs 20]
 """
@@ -16,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from benchmarks.latency import _teacher, train
@@ -53,6 +59,28 @@ def _start(n: int, model: Path, work: Path, hold_ms: float) -> tuple[list[subpro
     return procs, ports
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in jiffies (0, 0 where /proc/stat is missing)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def measured(run: Callable[[], tuple[float, int]]) -> tuple[float, dict[str, float]]:
+    """``run()``'s samples/s (a benchmark ``train``) and how busy the CPUs were meanwhile: the machine's share of all its cores,
+    and the cores this process (the student) used."""
+    busy0, total0 = _cpu_jiffies()
+    own0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    rate = run()[0]
+    own1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+    busy1, total1 = _cpu_jiffies()
+    own = (own1.ru_utime - own0.ru_utime + own1.ru_stime - own0.ru_stime) / max(wall, 1e-9)
+    return rate, {"machine_busy": (busy1 - busy0) / max(total1 - total0, 1), "student_cores": own}
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -82,27 +110,31 @@ def main() -> None:
     _teacher(model)
     soft = run_pseudo_label(PseudoLabelConfig(data=data, teacher_url=f"inprocess:{model}", out=str(work / "soft"),
                                               progress=False))
-    offline, _ = train(data, work / "student-offline", args.epochs, mode="offline", soft_labels=[soft])
+    offline, offline_cpu = measured(partial(train, data, work / "student-offline", args.epochs, mode="offline",
+                                            soft_labels=[soft]))
     print(f"offline (c): {offline:,.0f} samples/s", flush=True)
     rows = []
     for n in [int(v) for v in args.replicas.split(",")]:
         procs, ports = _start(n, model, work, args.hold_ms)
         try:
             url = ",".join(f"127.0.0.1:{p}" for p in ports)
-            rate, _ = train(data, work / f"student-{n}", args.epochs, mode="online", rpc_batches=4,
-                            teacher={"url": url, "max_in_flight": "auto"})
+            rate, cpu = measured(partial(train, data, work / f"student-{n}", args.epochs, mode="online",
+                                         rpc_batches=4, teacher={"url": url, "max_in_flight": "auto"}))
         finally:
             _stop(procs)
-        rows.append({"replicas": n, "samples_per_s": rate})
+        rows.append({"replicas": n, "samples_per_s": rate, **cpu})
         print(f"{n} replica(s): {rate:,.0f} samples/s", flush=True)
     one = rows[0]["samples_per_s"] if rows and rows[0]["replicas"] == 1 else None
     ceiling = 256 / (args.hold_ms / 1000)
     lines = [f"accelerator time {args.hold_ms:g} ms per 256-row request (one replica's ceiling {ceiling:,.0f} "
-             f"samples/s); offline (c) {offline:,.0f} samples/s", "",
-             "| replicas | samples/s | vs 1 replica | vs offline |", "|---:|---:|---:|---:|"]
+             f"samples/s); offline (c) {offline:,.0f} samples/s (machine CPUs "
+             f"{offline_cpu['machine_busy']:.0%} busy, student {offline_cpu['student_cores']:.2f} cores)", "",
+             f"| replicas | samples/s | vs 1 replica | vs offline | machine CPUs busy ({os.cpu_count()}) | "
+             "student process (cores) |", "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         vs_one = f"{r['samples_per_s'] / one:.2f}" if one else ""
-        lines.append(f"| {r['replicas']} | {r['samples_per_s']:,.0f} | {vs_one} | {r['samples_per_s'] / offline:.2f} |")
+        lines.append(f"| {r['replicas']} | {r['samples_per_s']:,.0f} | {vs_one} | {r['samples_per_s'] / offline:.2f} | "
+                     f"{r['machine_busy']:.0%} | {r['student_cores']:.2f} |")
     two = next((r["samples_per_s"] for r in rows if r["replicas"] == 2), None)
     best = max((r["samples_per_s"] for r in rows), default=0.0)
     targets = []
@@ -113,7 +145,8 @@ def main() -> None:
     print("\n".join(["", *lines, "", *targets]))
     results = {"command": "python -m benchmarks.replicas " + " ".join(sys.argv[1:]),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-               "hold_ms": args.hold_ms, "offline_samples_per_s": offline, "runs": rows, "targets": targets}
+               "hold_ms": args.hold_ms, "offline_samples_per_s": offline, "offline_cpu": offline_cpu, "runs": rows,
+               "targets": targets}
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))

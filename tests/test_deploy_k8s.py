@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from crossdistill.deploy import kserve, kubernetes
-from crossdistill.deploy.config import TeacherServeConfig
+from crossdistill.deploy.config import TeacherServeConfig, TeacherTeardownConfig
 from crossdistill.errors import ConfigError, TeacherError, TeacherUnavailableError
 from crossdistill.images import image_for
 from k8s_stand_in import FakeApiServer, serving
@@ -79,6 +79,16 @@ def test_kserve_deploy_and_teardown(api: FakeApiServer) -> None:
     assert patch["body"] == kserve.build_objects(cfg)[0]
     kserve.teardown(cfg, client=api.client())
     kserve.teardown(cfg, client=api.client())
+    assert api.objects == {}
+
+
+def test_kserve_pool_deploys_and_tears_down_its_headless_service(api: FakeApiServer) -> None:
+    cfg = _cfg(backend="kserve", replicas=2, max_replicas=4)
+    endpoint = kserve.deploy(cfg, client=api.client())
+    assert endpoint.grpc == "dns:///t1-pool.ns1.svc.cluster.local:8081"
+    assert [p["path"] for p in api.sent("PATCH")] == [
+        "/apis/serving.kserve.io/v1beta1/namespaces/ns1/inferenceservices/t1", "/api/v1/namespaces/ns1/services/t1-pool"]
+    kserve.teardown(TeacherTeardownConfig(name="t1", namespace="ns1", backend="kserve"), client=api.client())
     assert api.objects == {}
 
 

@@ -220,9 +220,16 @@ def test_a_pool_of_teacher_replicas_is_a_headless_service_or_an_autoscaled_predi
     single = kubernetes.build_objects(TeacherServeConfig.parse(TPU_CFG))[1]
     assert "clusterIP" not in single["spec"]  # one replica keeps its virtual IP
 
-    (isvc,) = kserve.build_objects(TeacherServeConfig.parse({**TPU_CFG, "backend": "kserve", "replicas": 2,
-                                                             "max_replicas": 6, "scale_target": 60}))
-    assert validate.object_errors(isvc) == []
+    pooled = TeacherServeConfig.parse({**TPU_CFG, "backend": "kserve", "replicas": 2, "max_replicas": 6,
+                                       "scale_target": 60})
+    isvc, pool = kserve.build_objects(pooled)
+    assert validate.object_errors(isvc) == [] and validate.object_errors(pool) == []
+    # KServe's predictor Service is a virtual IP (one pod per connection): a headless Service over the pods the
+    # predictor labels lets every request be balanced, and the endpoint names it
+    assert pool["spec"]["clusterIP"] == "None"
+    assert pool["spec"]["selector"].items() <= isvc["spec"]["predictor"]["labels"].items()
+    assert kserve.endpoint(pooled).grpc == f"dns:///{cfg.name}-pool.{cfg.namespace}.svc.cluster.local:8081"
+    assert len(kserve.build_objects(TeacherServeConfig.parse({**TPU_CFG, "backend": "kserve"}))) == 1
     predictor = isvc["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"], predictor["scaleTarget"]) \
         == (2, 6, "cpu", 60)

@@ -154,6 +154,28 @@ def test_teacher_replicas_reach_every_teacher_serve_task(compiled):
         assert wired["componentInputParameter"].endswith("teacher_replicas"), f"{name}/{t}: replicas from {wired}"
 
 
+def test_student_workers_reach_every_student_train_task(compiled):
+    name, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["student_workers"]["defaultValue"] == 1
+    assert json.loads(params["student_launch_json"]["defaultValue"])["backend"] == "local"
+    [task] = [task for t, task in _tasks(spec).items() if t == "student-train"]
+    for knob, param in (("workers", "student_workers"), ("launch_json", "student_launch_json")):
+        assert task["inputs"]["parameters"][knob]["componentInputParameter"].endswith(param), f"{name}: {knob}"
+
+
+def test_a_trainjob_student_launches_from_a_cpu_task_and_places_the_job_on_the_student_pool(tmp_path):
+    placement = Placement.parse({"student": {"backend": "trainjob", "gpus": 2}})
+    spec, platform = _compile("online-distillation", tmp_path, placement)
+    launch = json.loads(spec["root"]["inputDefinitions"]["parameters"]["student_launch_json"]["defaultValue"])
+    assert launch["backend"] == "trainjob" and launch["proc_per_node"] == 2
+    assert launch["resources"]["accelerator_type"] == "nvidia.com/gpu" and launch["resources"]["accelerator_count"] == 2
+    assert launch["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert "accelerator" not in _executors(spec)["student-train"].get("resources", {})  # the job's pods get the GPUs
+    assert "nodeSelector" not in platform.get("exec-student-train", {})
+    assert _executors(spec)["evaluate"]["resources"]["accelerator"]["resourceCount"] == "2"  # the rest stays put
+
+
 def test_offline_labels_in_a_parallel_loop_collected_by_the_student(tmp_path):
     spec, _ = _compile("offline-distillation", tmp_path)
     inner = spec["components"]["comp-distil-offline"]["dag"]["tasks"]

@@ -3,6 +3,10 @@
 The runtime fixes the server command, ports (REST 8080, gRPC 8081) and ``--config``; KServe appends the
 InferenceService's ``args`` to the runtime's, so the model-specific ``key=value`` overrides live here.
 Raw (plain Deployment) mode: gRPC needs no Knative/Istio and the NetworkPolicy applies to the pods.
+KServe's predictor Service is a virtual IP, which pins a client's one HTTP/2 connection to one pod; with
+more than one replica a headless Service ``<name>-pool`` over the same pods comes with it, and the endpoint
+is ``dns:///<name>-pool...:8081``, so students balance every request over the pods (and find new ones
+when the autoscaler adds them and the name is resolved again).
 ``schema_errors(obj)`` checks a serving.kserve.io object against the KServe SDK's OpenAPI models (the
 CRDs' schema, installed with ``kserve``; walked by ``crossdistill.deploy.schema``), so manifests and built
 objects are validated offline.
@@ -31,8 +35,22 @@ def model_args(cfg: TeacherServeConfig) -> list[str]:
     return [k8s._arg(k, v) for k, v in k8s.serve_values(cfg).items()]
 
 
+def _pooled(cfg: TeacherServeConfig) -> bool:
+    return (cfg.max_replicas or cfg.replicas) > 1
+
+
+def pool_service(cfg: TeacherServeConfig) -> dict[str, Any]:
+    """The headless Service over the predictor's pods (selected by the labels the predictor gives them)."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": f"{cfg.name}-pool", "namespace": cfg.namespace, "labels": k8s.labels(cfg)},
+            "spec": {"type": "ClusterIP", "clusterIP": "None", "selector": k8s.selector(cfg),
+                     "ports": [{"name": "grpc", "port": k8s.GRPC_PORT, "targetPort": k8s.GRPC_PORT,
+                                "protocol": "TCP", "appProtocol": "grpc"}]}}
+
+
 def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
-    """The InferenceService serving ``cfg``'s teacher (what ``deploy`` applies)."""
+    """The InferenceService serving ``cfg``'s teacher, and its pool Service when it may run more than one
+    replica (what ``deploy`` applies)."""
     pod = k8s.pod_spec(cfg)
     container = k8s.container(cfg)
     model = {
@@ -63,7 +81,7 @@ def build_objects(cfg: TeacherServeConfig) -> list[dict[str, Any]]:
                      "annotations": {"serving.kserve.io/deploymentMode": DEPLOYMENT_MODE}},
         "spec": {"predictor": predictor},
     }
-    return [isvc]
+    return [isvc, pool_service(cfg)] if _pooled(cfg) else [isvc]
 
 
 def predictor_service(cfg: TeacherServeConfig) -> dict[str, Any]:
@@ -86,9 +104,14 @@ def isvc_ready(live: dict[str, Any] | None) -> tuple[bool, str]:
 
 def endpoint(cfg: TeacherServeConfig, live: dict[str, Any] | None = None,
              service: dict[str, Any] | None = None) -> Endpoint:
-    """The in-cluster endpoint: REST from the InferenceService status, gRPC from the predictor Service."""
+    """The in-cluster endpoint: REST from the InferenceService status, gRPC from the predictor Service (from
+    the pool Service, as ``dns:///``, when there may be several replicas)."""
     host = f"{cfg.name}-predictor.{cfg.namespace}.svc.cluster.local"
     http = ((live or {}).get("status") or {}).get("address", {}).get("url") or f"http://{host}"
+    if _pooled(cfg):
+        return Endpoint(name=cfg.name, grpc=f"dns:///{cfg.name}-pool.{cfg.namespace}.svc.cluster.local:"
+                        f"{k8s.GRPC_PORT}", http=http, model_name=cfg.model_name, backend="kserve",
+                        namespace=cfg.namespace)
     grpc_port = k8s.GRPC_PORT
     for port in ((service or {}).get("spec") or {}).get("ports") or []:
         if port.get("targetPort") in (k8s.GRPC_PORT, "grpc", "h2c") or port.get("name") in ("grpc", "h2c"):
@@ -101,19 +124,22 @@ def endpoint(cfg: TeacherServeConfig, live: dict[str, Any] | None = None,
 def deploy(cfg: TeacherServeConfig, client: Any = None) -> Endpoint:
     """Apply the InferenceService, wait (cfg.ready_timeout_s) until it is Ready, return its endpoint."""
     client = client or k8s.api_client()
-    (isvc,) = build_objects(cfg)
-    k8s.apply_objects(client, [isvc])
+    objects = build_objects(cfg)
+    isvc = objects[0]
+    k8s.apply_objects(client, objects)
     k8s.wait_until(lambda: isvc_ready(k8s.get_object(client, isvc)), cfg.ready_timeout_s,
                    f"teacher InferenceService {cfg.namespace}/{cfg.name}")
     return endpoint(cfg, k8s.get_object(client, isvc), k8s.get_object(client, predictor_service(cfg)))
 
 
 def teardown(cfg: TeacherTeardownConfig | TeacherServeConfig, client: Any = None) -> None:
-    """Delete the InferenceService (KServe removes what it created); nothing to delete is fine."""
+    """Delete the InferenceService (KServe removes what it created) and its pool Service; nothing to delete
+    is fine."""
     cfg = TeacherTeardownConfig.of(cfg)
     isvc = {"apiVersion": API_VERSION, "kind": "InferenceService",
             "metadata": {"name": cfg.name, "namespace": cfg.namespace}}
-    k8s.delete_objects(client or k8s.api_client(), [isvc])
+    pool = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"{cfg.name}-pool", "namespace": cfg.namespace}}
+    k8s.delete_objects(client or k8s.api_client(), [isvc, pool])
 
 
 # --- schema check against the KServe SDK's OpenAPI models ------------------------------------------

@@ -1,0 +1,105 @@
+"""Data-parallel student: one process vs two torchrun ranks (DDP, gloo) on this machine's CPUs.
+
+The student is the CNN of ``model.name=cnn`` on Fashion-MNIST's 60,000 training images (Debian's
+``dataset-fashion-mnist``; 15 row groups of 4,096), trained on its labels (``mode=hard``: the student's
+side of distillation, whatever the teacher) for ``--epochs`` epochs at 128 rows per optimizer step:
+
+- 1 process, 1 torch thread, batch 128;
+- 1 process, 2 torch threads, batch 128 (what one process makes of both cores);
+- 2 ranks (``workers=2``, the local torchrun backend), 1 thread each, batch 64 per rank.
+
+Samples/s is the steady state (after the first logging window, as in benchmarks/scale.py); the test
+accuracy of each student shows the runs learn alike. Prints a table, writes ``<results>.json`` /
+``.md``; asserts nothing.
+
+    .venv/bin/python -m benchmarks.data_parallel [--epochs 1] [--results benchmarks/results/data_parallel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scale import _steady
+
+STEP_ROWS = 128  # rows per optimizer step in every setting
+
+
+def _accuracy(model_uri: str, test: Any) -> float:
+    import torch
+
+    from crossdistill.train import load_student
+
+    model, _ = load_student(model_uri)
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(test), 2048):
+            logits = model(torch.from_numpy(test["x"][start:start + 2048]))
+            right += int((logits.argmax(1).numpy() == test["y"][start:start + 2048]).sum())
+    return right / len(test)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=60_000, help="training rows (of Fashion-MNIST's 60,000)")
+    parser.add_argument("--work", default="runs/bench-data-parallel")
+    parser.add_argument("--results", default="benchmarks/results/data_parallel")
+    args = parser.parse_args()
+    import numpy as np
+
+    from crossdistill.data.shards import read_dataset, write_dataset
+    from crossdistill.data.sources import load_fashion_mnist
+    from crossdistill.deploy.student import run_student_train
+    from crossdistill.train.trainer import StudentTrainConfig
+
+    work = Path(args.work)
+    train_uri, test_uri = str(work / f"train-{args.rows}"), str(work / "test")
+    if not Path(train_uri).exists():
+        data = load_fashion_mnist()
+        first_test = data.meta["official_test_from_id"]  # Fashion-MNIST's own split: 60,000 + 10,000
+        write_dataset(train_uri, data.take(np.arange(min(args.rows, first_test))), num_shards=1)
+        write_dataset(test_uri, data.take(np.arange(first_test, len(data))), num_shards=1)
+    test = read_dataset(test_uri)
+    settings = [("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2 ranks, 1 thread each", 2, 1)]
+    rows = []
+    for name, workers, threads in settings:
+        out = work / name.replace(" ", "-").replace(",", "")
+        cfg = StudentTrainConfig(train_data=train_uri, out=str(out), mode="hard", epochs=args.epochs,
+                                 batch_size=STEP_ROWS // workers, threads=threads, workers=workers, resume=False,
+                                 progress=False, log_every=20, model={"name": "cnn"})
+        t0 = time.perf_counter()
+        result = run_student_train(cfg)
+        wall = time.perf_counter() - t0
+        rate = _steady(out / "train_log.jsonl")
+        rows.append({"setting": name, "workers": workers, "threads": threads, "samples_per_s": rate, "wall_s": wall,
+                     "steps": result.steps, "samples": result.samples_seen,
+                     "test_accuracy": _accuracy(result.model_uri, test)})
+        print(f"{name}: {rate:,.0f} samples/s, {wall:.0f} s, {result.steps} steps, "
+              f"test accuracy {rows[-1]['test_accuracy']:.3f}", flush=True)
+    base = rows[0]["samples_per_s"]
+    lines = [f"CNN student on Fashion-MNIST ({args.rows:,} rows, {args.epochs} epoch(s), {STEP_ROWS} rows per step), "
+             f"{os.cpu_count()} CPUs", "",
+             "| setting | samples/s | vs 1 process, 1 thread | wall s | steps | test accuracy |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['setting']} | {r['samples_per_s']:,.0f} | {r['samples_per_s'] / base:.2f} | {r['wall_s']:.0f} | "
+              f"{r['steps']} | {r['test_accuracy']:.3f} |" for r in rows]
+    print("\n".join(["", *lines]))
+    results = {"command": "python -m benchmarks.data_parallel " + " ".join(sys.argv[1:]),
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+               "runs": rows}
+    out_path = Path(args.results)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out_path.with_suffix(".md").write_text("\n".join([f"`{results['command']}` ({results['date']})", "", *lines, ""]))
+    print(f"written: {out_path.with_suffix('.json')}, {out_path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
