@@ -271,3 +271,20 @@ def test_weighted_loss_sums_named_terms_and_reports_each():
     assert z.grad is not None and torch.isfinite(z.grad).all()
     with pytest.raises(ValueError, match="at least one term"):
         WeightedLoss({"soft": (0.0, SoftTargetTerm(1.0))})
+
+
+def test_topk_indices_take_the_smallest_type_that_holds_the_classes_over_any_leading_axes():
+    from crossdistill.teacher.protocol import index_dtype, topk_logprobs
+
+    assert index_dtype(10) == np.uint16 and index_dtype(65_536) == np.uint16 and index_dtype(65_537) == np.int32
+    rng = np.random.default_rng(0)
+    seq = rng.normal(size=(2, 3, 70_000)).astype(np.float32)  # [B, T, V] above uint16's range
+    lp, idx = topk_logprobs(seq, 4, 2.0)
+    assert lp.shape == idx.shape == (2, 3, 4) and idx.dtype == np.int32
+    z = seq.astype(np.float64) / 2.0
+    full = z - z.max(-1, keepdims=True)
+    full -= np.log(np.exp(full).sum(-1, keepdims=True))
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=-1, kind="stable")[..., :4])
+    np.testing.assert_allclose(lp, np.take_along_axis(full, idx.astype(np.int64), -1), atol=1e-5)
+    ties = np.zeros((1, 6), np.float32)
+    assert topk_logprobs(ties, 3, 1.0)[1].tolist() == [[0, 1, 2]]  # ties: lower index first

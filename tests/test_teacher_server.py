@@ -51,7 +51,8 @@ def test_topk_round_trip_at_temperature(served_keras_teacher, keras_adapter, dig
     with _client(served_keras_teacher, top_k=3, temperature=2.5) as client:
         out = client.infer(ids, x)
     assert out.logits is None and out.temperature == 2.5
-    assert out.topk_logprobs.shape == (32, 3) and out.topk_indices.dtype == np.int64
+    # indices travel as UINT16 (10 classes): top-3 is 3 x (4 + 2) bytes a row against 40 for dense FP32
+    assert out.topk_logprobs.shape == (32, 3) and out.topk_indices.dtype == np.uint16
     logits = keras_adapter.predict(x)["logits"]
     ref_lp, ref_idx = topk_logprobs(logits, 3, 2.5)
     np.testing.assert_array_equal(out.topk_indices, ref_idx)

@@ -52,8 +52,11 @@ AUTO_MIN, AUTO_MAX = 2, 64  # the window max_in_flight=auto moves in
 HEADROOM = 1.5  # auto: in flight beyond the bare round trip / time per answer, for jitter and queueing
 _LOG_AFTER_S, _LOG_EVERY_S = 2.0, 10.0  # an outage is logged once it lasts this long, then this often
 _FLOAT = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
-_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents"}
-_NP = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
+_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents",
+             "UINT16": "uint_contents"}
+_NP = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
+       "UINT16": np.uint16}
+_INDEX = ("UINT16", "INT32", "INT64")  # top-k indices: compact from this server, INT64 from older ones
 
 
 def oip_modules() -> tuple[Any, Any]:
@@ -527,7 +530,7 @@ class TeacherClient:
         else:
             k = self.cfg.top_k
             out.topk_logprobs = self._take(tensors, P.TOPK_LOGPROBS, tuple(_FLOAT), (b, k), call, finite=True)
-            out.topk_indices = self._take(tensors, P.TOPK_INDICES, ("INT64", "INT32"), (b, k), call).astype(np.int64)
+            out.topk_indices = self._take(tensors, P.TOPK_INDICES, _INDEX, (b, k), call)
             hi = c if c else None
             if out.topk_indices.min(initial=0) < 0 or (hi and out.topk_indices.max(initial=0) >= hi):
                 raise TeacherResponseError(f"tensor '{P.TOPK_INDICES}' from {self.cfg.url} has class indices outside "

@@ -62,13 +62,13 @@ class LabeledFragment:
 
 
 def output_columns(out: TeacherOutput) -> dict[str, np.ndarray]:
-    """A teacher answer as soft-label dataset columns (float32 values, int64 indices)."""
+    """A teacher answer as soft-label dataset columns (float32 values, indices as compact as they came)."""
     cols: dict[str, np.ndarray] = {}
     if out.logits is not None:
         cols[P.LOGITS] = np.asarray(out.logits, dtype=np.float32)
     if out.topk_logprobs is not None:
         cols[P.TOPK_LOGPROBS] = np.asarray(out.topk_logprobs, dtype=np.float32)
-        cols[P.TOPK_INDICES] = np.asarray(out.topk_indices, dtype=np.int64)
+        cols[P.TOPK_INDICES] = np.asarray(out.topk_indices)
     for name, value in out.layers.items():
         cols[P.LAYER_PREFIX + name] = np.asarray(value, dtype=np.float32)
     if P.LOGITS not in cols and P.TOPK_LOGPROBS not in cols:

@@ -5,8 +5,9 @@ ids), plus request parameters: ``top_k`` (int, 0 = dense logits), ``temperature`
 log-probabilities), ``fp16`` (bool, halves the logits on the wire), ``layers`` (comma-separated
 names of intermediate layers to return). Response: ``ids`` echoed, then ``logits`` (``[B, C]``), or
 ``topk_logprobs`` + ``topk_indices`` (``[B, k]``: log-softmax(z / T) of the k largest classes, so the
-student knows exactly how much probability mass lies outside the top k), and ``layer/<name>`` per
-requested layer. Any OIP server that returns ``logits`` (``[B, C]``, FP32/FP64/FP16) for ``input``
+student knows exactly how much probability mass lies outside the top k; the indices in the smallest
+type that holds every class, :func:`index_dtype`: UINT16 up to 65,536 classes, INT32 above), and
+``layer/<name>`` per requested layer. Any OIP server that returns ``logits`` (``[B, C]``, FP32/FP64/FP16) for ``input``
 (Triton, MLServer, ...) can teach in dense mode: the client pairs an answer with its request, and
 checks the ``ids`` echo (``[B]`` or ``[B, 1]``) only when the server sends one.
 
@@ -53,10 +54,25 @@ class TeacherOutput:
         return len(self.ids)
 
 
+def index_dtype(num_classes: int) -> np.dtype:
+    """The smallest index type for ``num_classes`` classes (or vocabulary entries): uint16 while every index
+    fits in it (up to 65,536 entries), else int32. At 10 classes and top-5 this keeps top-k (5 x 2 bytes of
+    index + 5 x 4 of log-probability) smaller than dense FP32 logits (40 bytes); INT64 indices did not."""
+    return np.dtype(np.uint16) if num_classes <= 1 << 16 else np.dtype(np.int32)
+
+
 def topk_logprobs(logits: np.ndarray, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """log-softmax(z / T) of the k largest classes (sorted, largest first) and their indices."""
+    """log-softmax(z / T) over the last axis, of its k largest entries (largest first; ties: lower index
+    first) and their indices (:func:`index_dtype` of the last axis): ``[..., C]`` -> ``[..., k]`` twice."""
+    width = logits.shape[-1]
     z = logits.astype(np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    index = np.argsort(-logp, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(logp, index, axis=1).astype(np.float32), index.astype(np.int64)
+    z = z - z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    if k < width:  # the k largest in O(C), then ordered among themselves
+        index = np.argpartition(-logp, k - 1, axis=-1)[..., :k]
+    else:
+        index = np.broadcast_to(np.arange(width), logp.shape).copy()
+    values = np.take_along_axis(logp, index, axis=-1)
+    order = np.lexsort((index, -values), axis=-1)
+    index = np.take_along_axis(index, order, axis=-1)
+    return np.take_along_axis(values, order, axis=-1).astype(np.float32), index.astype(index_dtype(width))

@@ -138,7 +138,8 @@ def _empty_columns(cfg: PseudoLabelConfig, server: dict[str, Any]) -> dict[str, 
         cols[P.LOGITS] = np.zeros((0, int(server.get("num_classes") or 0)), np.float32)
     else:
         cols[P.TOPK_LOGPROBS] = np.zeros((0, cfg.top_k), np.float32)
-        cols[P.TOPK_INDICES] = np.zeros((0, cfg.top_k), np.int64)
+        width = int(server.get("num_classes") or 0)
+        cols[P.TOPK_INDICES] = np.zeros((0, cfg.top_k), P.index_dtype(width) if width else np.int64)
     for name in cfg.layers:
         shape = (server.get("layers") or {}).get(name) or [-1, 0]
         cols[P.LAYER_PREFIX + name] = np.zeros((0, *[max(int(d), 0) for d in shape[1:]]), np.float32)

@@ -291,7 +291,8 @@ class TeacherModel(kserve.Model):
         outs = [{"name": P.IDS, "datatype": "INT64", "shape": [-1]},
                 {"name": P.LOGITS, "datatype": "FP32", "shape": [-1, c]},
                 {"name": P.TOPK_LOGPROBS, "datatype": "FP32", "shape": [-1, -1]},
-                {"name": P.TOPK_INDICES, "datatype": "INT64", "shape": [-1, -1]}]
+                {"name": P.TOPK_INDICES, "datatype": _DATATYPES[P.index_dtype(c if c > 0 else 1 << 17)],
+                 "shape": [-1, -1]}]
         outs += [{"name": P.LAYER_PREFIX + n, "datatype": "FP32", "shape": s} for n, s in self._layer_shapes.items()]
         return outs
 
@@ -379,9 +380,12 @@ class TeacherModel(kserve.Model):
         return top_k, temperature, fp16, layers
 
 
+_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.int64): "INT64",
+              np.dtype(np.int32): "INT32", np.dtype(np.uint16): "UINT16"}
+
+
 def _output(name: str, array: np.ndarray) -> InferOutput:
-    dtype = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.int64): "INT64"}[array.dtype]
-    out = InferOutput(name=name, shape=list(array.shape), datatype=dtype)
+    out = InferOutput(name=name, shape=list(array.shape), datatype=_DATATYPES[array.dtype])
     # Raw bytes now: kserve's to_grpc() cannot take numpy data; to_rest() turns raw into JSON when asked.
     out.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
     return out
