@@ -6,6 +6,11 @@ the file, never the whole array), an image folder with fsspec + the class sub-fo
 tar shards with ``webdataset``'s tar iterators. A reader yields the same rows in the same order every
 time it is iterated, so a label-only scan and the full read agree row by row. Problems name the file,
 the row (counted from 0 within the file, header excluded) and the column.
+
+Text (``Columns.text`` set, or format ``text``): the readers yield documents as Python strings (kind
+``text``): the named column of a Parquet, CSV or Hugging Face source, the named field of each JSON Lines
+record (read line by line, so a bad record is named by its row and line), or whole ``.txt`` files (each file
+one document).
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import pyarrow.compute as pc
 from crossdistill import storage
 from crossdistill.errors import ConfigError, DataError
 
-FORMATS = ("parquet", "csv", "jsonl", "npy", "npz", "imagefolder", "webdataset", "hf")
+FORMATS = ("parquet", "csv", "jsonl", "npy", "npz", "imagefolder", "webdataset", "hf", "text")
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
               ".json": "jsonl", ".npy": "npy", ".npz": "npz", ".tar": "webdataset", ".tgz": "webdataset",
-              ".tar.gz": "webdataset"}
+              ".tar.gz": "webdataset", ".txt": "text"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 IMAGE_KEYS = ("png", "jpg", "jpeg")  # WebDataset members holding the image
+TEXT_EXTENSIONS = (".txt",)  # the documents of a folder read with format text
 TABLE_BATCH_ROWS = 4096
 IMAGE_BATCH_ROWS = 256
+TEXT_BATCH_BYTES = 16 << 20  # a text chunk ends after this much text (or TABLE_BATCH_ROWS documents)
 
 
 @dataclass
@@ -62,17 +69,19 @@ class Chunk:
 
 @dataclass
 class Columns:
-    """Which columns (or keys) of the source hold the inputs, the label and the id."""
+    """Which columns (or keys) of the source hold the inputs, the label and the id; ``text`` names the
+    column of documents of a text import (then features, label and id are unset)."""
 
     features: list[str] | None = None
     label: str | None = None
     id: str | None = None
+    text: str | None = None
 
 
 class Reader:
     """Base of every format reader; also a context manager (some hold a local copy open)."""
 
-    kind = "x"  # the stored input column: "x" (numbers) or "image" (encoded bytes)
+    kind = "x"  # the stored input column: "x" (numbers) or "image" (encoded bytes); "text": documents (str)
     features: list[str] | None = None  # recorded in the dataset meta
     declared_names: list[str] | None = None  # class names the format itself declares, in order
     has_labels = False
@@ -139,6 +148,10 @@ def detect_format(source: str) -> str:
 
 def open_reader(source: str, fmt: str, columns: Columns) -> Reader:
     """The reader of ``source`` in format ``fmt`` (already resolved, not ``auto``)."""
+    if fmt == "text":
+        return TextFilesReader(source, columns)
+    if fmt == "jsonl" and columns.text is not None:
+        return JsonLinesTextReader(source, columns)
     if fmt in ("parquet", "csv", "jsonl"):
         return ArrowFileReader(source, fmt, columns)
     if fmt == "hf":
@@ -266,6 +279,29 @@ def image_bytes(arr: pa.Array, chunk: Chunk, column: str) -> np.ndarray:
     return np.array(data, dtype=object)
 
 
+def text_cells(arr: pa.Array, chunk: Chunk, column: str) -> np.ndarray:
+    """A text column as an object array of Python strings: every cell present and a string."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr, t = arr.cast(t.value_type), t.value_type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        valid = pc.is_valid(arr)
+        row = int(pc.index(valid, True).as_py()) if pc.any(valid).as_py() else 0
+        sample = arr[row].as_py() if len(arr) else None
+        raise DataError(f"{chunk.locate(row)}, column '{column}': {_short(sample)} ({t}) is not text; the text "
+                        "column must hold strings")
+    row = _null_row(arr)
+    if row is not None:
+        raise DataError(f"{chunk.locate(row)}, column '{column}': no text (null); expected a string (an empty "
+                        "string is skipped)")
+    return np.array(arr.to_pylist(), dtype=object)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
 def is_image_type(t: pa.DataType) -> bool:
     if pa.types.is_struct(t):
         return t.get_field_index("bytes") >= 0 and pa.types.is_binary(t.field("bytes").type)
@@ -279,6 +315,14 @@ class _TableColumns:
     def __init__(self, schema: pa.Schema, where: str, columns: Columns,
                  declared_names: list[str] | None = None) -> None:
         names = schema.names
+        self.columns, self.declared_names = columns, declared_names
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.first_where: dict[str, str] = {}
+        if columns.text is not None:  # a text import: one column of documents
+            if columns.text not in names:
+                raise DataError(f"{where}: no text column '{columns.text}' (columns: {names})")
+            self.features, self.kind = [columns.text], "text"
+            return
         for role, col in (("label", columns.label), ("id", columns.id)):
             if col is not None and col not in names:
                 raise DataError(f"{where}: no {role} column '{col}' (columns: {names})")
@@ -293,9 +337,6 @@ class _TableColumns:
             raise DataError(f"{where}: column '{images[0]}' holds encoded images; name it alone as the "
                             f"feature (features={images[0]}), not with {self.features}")
         self.kind = "image" if images else "x"
-        self.columns, self.declared_names = columns, declared_names
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.first_where: dict[str, str] = {}
 
     def chunk(self, table: pa.Table, where: str, start: int, with_inputs: bool) -> Chunk:
         chunk = Chunk(where, start, table.num_rows)
@@ -314,6 +355,8 @@ class _TableColumns:
         return cols + (self.features if with_inputs else [])
 
     def _inputs(self, table: pa.Table, chunk: Chunk) -> np.ndarray:
+        if self.kind == "text":
+            return text_cells(table.column(self.features[0]).combine_chunks(), chunk, self.features[0])
         if self.kind == "image":
             return image_bytes(table.column(self.features[0]).combine_chunks(), chunk, self.features[0])
         parts = []
@@ -347,6 +390,12 @@ class ArrowFileReader(Reader):
         import pyarrow.dataset as pads
 
         fmt: Any = {"parquet": "parquet", "csv": pads.CsvFileFormat(), "jsonl": pads.JsonFileFormat()}[self.fmt]
+        if self.fmt == "csv" and self.columns.text is not None:
+            import pyarrow.csv as pacsv
+
+            # a text column stays text (digits too) and a quoted cell may span lines
+            fmt = pads.CsvFileFormat(parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                                     convert_options=pacsv.ConvertOptions(column_types={self.columns.text: pa.string()}))
         fs, path = storage.filesystem(uri)
         try:
             return pads.dataset(path, format=fmt, filesystem=fs)
@@ -675,3 +724,117 @@ class WebDatasetReader(Reader):
             chunk.inputs = np.array([self._image(s, w) for s, w in zip(rows, names, strict=True)], dtype=object)
         return chunk
 
+
+
+# ------------------------------------------------------------------------------------------------ text
+def _no_columns(fmt: str, columns: Columns) -> None:
+    given = {k: v for k, v in (("features", columns.features), ("label", columns.label), ("id", columns.id),
+                               ("text", columns.text)) if v}
+    if given:
+        raise ConfigError(f"format {fmt}: each file is one document; {sorted(given)} name columns, which plain "
+                          "text files do not have")
+
+
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8-sig")  # a leading byte-order mark is not text
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); save it "
+                        "as UTF-8") from None
+
+
+class TextFilesReader(Reader):
+    """Plain text files, each file one document (UTF-8), in sorted path order: a folder's ``.txt`` files
+    (sub-folders included), or every file that one file name or a glob matches."""
+
+    kind = "text"
+
+    def __init__(self, source: str, columns: Columns) -> None:
+        super().__init__()
+        _no_columns("text", columns)
+        fs, path = storage.filesystem(source)
+        files = list_files(source)
+        if fs.isdir(path):
+            files = [f for f in files if _extension(f) in TEXT_EXTENSIONS]
+            if not files:
+                raise DataError(f"{source}: no {'/'.join(TEXT_EXTENSIONS)} files in it or its sub-folders; name "
+                                f"other files with a glob (e.g. {storage.join(source, '*.md')})")
+        self.source, self.fs, self.files = source, fs, files
+
+    def chunks(self, with_inputs: bool = True) -> Iterator[Chunk]:
+        start, names, texts, size = 0, [], [], 0
+        for uri in self.files:
+            names.append(uri)
+            if with_inputs:
+                try:
+                    data = self.fs.cat_file(uri)  # fsspec takes the URI (protocol and all)
+                except FileNotFoundError:
+                    raise DataError(f"{uri}: no such file or object (did the source change during the "
+                                    "import?)") from None
+                texts.append(_utf8(data, uri))
+                size += len(data)
+            if len(names) == TABLE_BATCH_ROWS or size >= TEXT_BATCH_BYTES:
+                yield self._chunk(start, names, texts, with_inputs)
+                start, names, texts, size = start + len(names), [], [], 0
+        if names:
+            yield self._chunk(start, names, texts, with_inputs)
+
+    def _chunk(self, start: int, names: list[str], texts: list[str], with_inputs: bool) -> Chunk:
+        chunk = Chunk(self.source, start, len(names), row_names=names)
+        if with_inputs:
+            chunk.inputs = np.array(texts, dtype=object)
+        return chunk
+
+
+class JsonLinesTextReader(Reader):
+    """JSON Lines files whose records hold a text field (``Columns.text``), read line by line: a record
+    that is not an object, lacks the field or holds no string there is named by file, row and line.
+    Rows are counted from 0 over the non-blank lines of each file."""
+
+    kind = "text"
+
+    def __init__(self, source: str, columns: Columns) -> None:
+        super().__init__()
+        if columns.features or columns.label or columns.id:
+            raise ConfigError("jsonl text: only text= names a field (features, label and id do not apply)")
+        assert columns.text is not None
+        self.files, self.column = list_files(source), columns.text
+
+    def chunks(self, with_inputs: bool = True) -> Iterator[Chunk]:
+        for uri in self.files:
+            start, row, texts, size = 0, 0, [], 0
+            with _open(uri) as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    if with_inputs:
+                        texts.append(self._text(line, uri, row, line_no))
+                        size += len(line)
+                    row += 1
+                    if row - start == TABLE_BATCH_ROWS or size >= TEXT_BATCH_BYTES:
+                        yield self._chunk(uri, start, row, texts, with_inputs)
+                        start, texts, size = row, [], 0
+            if row > start:
+                yield self._chunk(uri, start, row, texts, with_inputs)
+
+    @staticmethod
+    def _chunk(uri: str, start: int, stop: int, texts: list[str], with_inputs: bool) -> Chunk:
+        return Chunk(uri, start, stop - start, inputs=np.array(texts, dtype=object) if with_inputs else None)
+
+    def _text(self, line: bytes, uri: str, row: int, line_no: int) -> str:
+        where = f"{uri}: row {row} (line {line_no})"
+        try:
+            record = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            raise DataError(f"{where} is not valid JSON: {_brief(exc, 120)}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: a JSON {type(record).__name__} where an object with a '{self.column}' "
+                            "field was expected")
+        if self.column not in record:
+            raise DataError(f"{where}: no text field '{self.column}' (fields: {sorted(record)})")
+        value = record[self.column]
+        if not isinstance(value, str):
+            kind = "null" if value is None else type(value).__name__
+            raise DataError(f"{where}, column '{self.column}': {_short(value)} ({kind}) is not a string; the "
+                            "text field must hold strings")
+        return value

@@ -12,6 +12,12 @@ sorted (numerically when they are all integers). With ``holdout`` the outputs ar
 ``<out>/val`` and ``<out>/test`` (a part of size 0 is not written); without, ``<out>`` is the dataset.
 No output gets its manifest before every output's shards are written, so an interrupted import leaves
 nothing that looks complete.
+
+Text (``text=<column>`` of a JSON Lines, Parquet, CSV or Hugging Face source, or ``format: text``: plain
+``.txt`` files, each one document) goes to :mod:`crossdistill.data.text`: the first pass counts the
+documents and plans the holdout by document, a second trains the tokenizer (unless ``tokenizer`` names
+one) on the training documents, the last tokenizes, packs rows of ``seq_len + 1`` tokens and writes them;
+``tokenizer.json`` lands in ``out`` before any manifest.
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ class ImportDataConfig(StrictConfig):
     """Configuration of `crossdistill import-data`."""
 
     source: str = Field(..., description="file, folder or glob at any fsspec URI")
-    format: Literal["auto", "parquet", "csv", "jsonl", "npy", "npz", "imagefolder", "webdataset", "hf"] = Field(
-        "auto", description="auto: from the file extensions (a folder: HF dataset or class sub-folders)")
+    format: Literal["auto", "parquet", "csv", "jsonl", "npy", "npz", "imagefolder", "webdataset", "hf", "text"] = Field(
+        "auto", description="auto: from the file extensions (a folder: HF dataset or class sub-folders; .txt: "
+                            "text); text: plain text files, each one document")
     features: list[str] | None = Field(
         None, description="input column(s), stacked in this order (default: all but label and id); npz: the "
                           "array key (default x); webdataset: the image member's extension")
@@ -72,6 +79,22 @@ class ImportDataConfig(StrictConfig):
     mean: list[float] | None = Field(None, description="per-channel (or per-feature) mean, subtracted "
                                                        "after scaling")
     std: list[float] | None = Field(None, description="per-channel (or per-feature) std, divided by")
+    text: str | None = Field(None, description="text column (json field) of a JSON Lines, Parquet, CSV or HF "
+                                               "source: import its documents as token rows for language models "
+                                               "(format text needs none: each file is a document)")
+    tokenizer: str | None = Field(None, description="text: a Hugging Face tokenizer.json (any fsspec URI), used "
+                                                    "as is; unset: train a byte-level BPE tokenizer on the "
+                                                    "training documents")
+    vocab_size: int = Field(4096, ge=258, description="text: vocabulary size of the trained tokenizer (the 256 "
+                                                      "bytes and 2 special tokens at least)")
+    seq_len: int = Field(128, description="text: positions per row; a row holds seq_len + 1 tokens (each "
+                                          "position's next-token target), the last row padded (see length)")
+    eos_token: str | None = Field(None, description="text: end-of-text token, appended to every document "
+                                                    "(default: <|endoftext|>; a given tokenizer: the first of "
+                                                    "<|endoftext|>, </s>, <eos>, <|end_of_text|>, [SEP] it has)")
+    pad_token: str | None = Field(None, description="text: padding token of the last row (default: <|pad|>; a "
+                                                    "given tokenizer: <|pad|>, <pad>, [PAD] or <|padding|>, else "
+                                                    "the end-of-text token)")
 
     @field_validator("features", "size", "mean", "std", "class_names", mode="before")
     @classmethod
@@ -83,7 +106,15 @@ class ImportDataConfig(StrictConfig):
             value = [str(v) if isinstance(v, (int, float)) else v for v in value]
         return value
 
-    @field_validator("label", "id", mode="before")
+    @field_validator("seq_len")
+    @classmethod
+    def _seq_len(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"seq_len {value}: expected at least 2 (a row holds seq_len + 1 tokens: each "
+                             "position and its next-token target)")
+        return value
+
+    @field_validator("label", "id", "text", mode="before")
     @classmethod
     def _name_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, (int, float)) else value
@@ -273,6 +304,12 @@ def import_data(cfg: ImportDataConfig) -> dict[str, Any]:
     ``train``/``val``/``test`` with holdout) -> ``{"uri", "rows", "labeled"}``.
     """
     fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
+    if cfg.text is not None or fmt == "text":
+        return _import_text(cfg, fmt)
+    given = sorted(TEXT_OPTIONS & cfg.model_fields_set)
+    if given:
+        raise ConfigError(f"options for text imports only: {', '.join(given)}; set text=<column> (JSON Lines, "
+                          "Parquet, CSV, HF) or format=text (plain text files)")
     with open_reader(cfg.source, fmt, Columns(features=cfg.features, label=cfg.label, id=cfg.id)) as reader:
         if cfg.keep_labels is not None and not reader.has_labels:
             raise ConfigError("keep_labels needs labels: set label= (the label column)")
@@ -359,13 +396,96 @@ def _labels(chunk: Chunk, names: list[str], column: str) -> np.ndarray:
 
 
 def describe(summary: dict[str, Any]) -> str:
-    """A few lines for people: rows, labeled, classes, where each output went."""
+    """A few lines for people: rows, labeled, classes, where each output went (text: documents, tokens,
+    rows, the vocabulary, bytes per token)."""
+    if summary.get("kind") == "text":
+        return _describe_text(summary)
     names = summary["class_names"]
     shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
     lines = [f"imported {summary['rows']} rows ({summary['labeled']} labeled) from {summary['source']} "
              f"({summary['format']}); {len(names)} classes: {shown or '-'}"]
     for name, part in summary["datasets"].items():
         lines.append(f"  {name}: {part['uri']}  {part['rows']} rows, {part['labeled']} labeled")
+    if "note" in summary:
+        lines.append(f"  note: {summary['note']}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- text
+TEXT_OPTIONS = {"tokenizer", "vocab_size", "seq_len", "eos_token", "pad_token"}
+NOT_FOR_TEXT = ("features", "label", "id", "class_names", "keep_labels", "size", "channels", "mean", "std")
+TEXT_FORMATS = ("jsonl", "parquet", "csv", "hf", "text")
+
+
+def _check_text_options(cfg: ImportDataConfig, fmt: str) -> None:
+    if fmt not in TEXT_FORMATS:
+        raise ConfigError(f"text={cfg.text!r} names a text column of a JSON Lines, Parquet, CSV or HF source; format "
+                          f"{fmt} has none (plain text files: format=text)")
+    if fmt == "text" and cfg.text is not None:
+        raise ConfigError(f"format text reads each file as one document; text={cfg.text!r} names a column, which "
+                          "plain text files do not have (leave text unset)")
+    given = [k for k in NOT_FOR_TEXT if getattr(cfg, k) is not None]
+    if given:
+        which = f"text={cfg.text!r}" if cfg.text is not None else "format text"
+        raise ConfigError(f"{which} imports documents as token rows; {', '.join(given)} belong to feature and "
+                          "image imports (rows are numbered, unlabeled): leave them unset")
+    if cfg.tokenizer is not None and "vocab_size" in cfg.model_fields_set:
+        raise ConfigError(f"vocab_size is the size of a trained tokenizer; tokenizer={cfg.tokenizer} brings its own "
+                          "vocabulary (leave vocab_size unset)")
+
+
+def _import_text(cfg: ImportDataConfig, fmt: str) -> dict[str, Any]:
+    """A text import: count and split the documents, then :func:`crossdistill.data.text.write_text`."""
+    _check_text_options(cfg, fmt)
+    from crossdistill.data import text  # tokenizers is imported only by text imports
+
+    with open_reader(cfg.source, fmt, Columns(text=cfg.text)) as reader:
+        documents = sum(chunk.num_rows for chunk in reader.chunks(with_inputs=False))
+        if documents == 0:
+            raise DataError(f"{cfg.source}: an empty corpus: no documents to import")
+        codes, _ = _plan(_Scan(rows=documents), cfg)
+        outputs = _outputs(cfg)
+        for uri in {cfg.out, *outputs.values()}:
+            _forget(uri)
+        meta: dict[str, Any] = {"name": cfg.name or _default_name(cfg.source), "source": cfg.source,
+                                "source_format": fmt, **({"text": cfg.text} if cfg.text is not None else {})}
+        parts = [text.Output(name, uri, PARTS.get(name, 0),
+                             dict(meta, **({"split": name, "seed": cfg.seed} if name in PARTS else {})))
+                 for name, uri in outputs.items()]
+        result = text.write_text(reader, codes, parts, home=cfg.out, source=cfg.source, seq_len=cfg.seq_len,
+                                 rows_per_shard=cfg.rows_per_shard, tokenizer=cfg.tokenizer,
+                                 vocab_size=cfg.vocab_size, eos_token=cfg.eos_token, pad_token=cfg.pad_token,
+                                 train_code=PARTS["train"])
+    tokens = sum(p.tokens for p in parts)
+    summary: dict[str, Any] = {
+        "out": cfg.out, "source": cfg.source, "format": fmt, "kind": "text",
+        "documents": sum(p.documents for p in parts), "tokens": tokens, "rows": sum(p.rows for p in parts),
+        "seq_len": cfg.seq_len, "vocab_size": result.vocab_size, "eos_id": result.eos_id, "pad_id": result.pad_id,
+        "dtype": result.dtype, "tokenizer": result.tokenizer_uri, "tokenizer_trained": result.trained,
+        "vocab_fingerprint": result.fingerprint, "columns": ["id", "tokens", "length"],
+        "bytes_per_token": round(sum(p.stored_bytes for p in parts) / max(tokens, 1), 3),
+        "text_bytes_per_token": round(sum(p.text_bytes for p in parts) / max(tokens, 1), 3),
+        "datasets": {p.name: {"uri": p.uri, "documents": p.documents, "tokens": p.tokens, "rows": p.rows}
+                     for p in parts},
+    }
+    if result.empty_documents:
+        summary["empty_documents"] = result.empty_documents
+        summary["note"] = f"{result.empty_documents} empty documents skipped"
+    print(describe(summary))
+    return summary
+
+
+def _describe_text(summary: dict[str, Any]) -> str:
+    how = "trained byte-level BPE" if summary["tokenizer_trained"] else "given"
+    lines = [f"imported {summary['documents']} documents, {summary['tokens']} tokens from {summary['source']} "
+             f"({summary['format']}) as {summary['rows']} rows of seq_len {summary['seq_len']} + 1 tokens",
+             f"  vocabulary: {summary['vocab_size']} tokens ({how}; {summary['tokenizer']}, fingerprint "
+             f"{summary['vocab_fingerprint'][:16]}); tokens stored as {summary['dtype']}: "
+             f"{summary['bytes_per_token']} bytes per token on disk, {summary['text_bytes_per_token']} bytes of "
+             "text per token"]
+    for name, part in summary["datasets"].items():
+        lines.append(f"  {name}: {part['uri']}  {part['documents']} documents, {part['tokens']} tokens, "
+                     f"{part['rows']} rows")
     if "note" in summary:
         lines.append(f"  note: {summary['note']}")
     return "\n".join(lines)

@@ -9,6 +9,9 @@ The image spec (written by import-data): ``{"kind": "image", "size": [H, W], "ch
 "scale": 1/255, "mean": [...], "std": [...]}``; every image is decoded, converted to grey (1 channel)
 or RGB (3), resized to ``size`` (bilinear) and laid out channels-first ``[C, H, W]``, then
 ``(pixel * scale - mean) / std`` per channel.
+
+Text datasets (import-data ``text=``) store token ids in a ``tokens`` column and record the spec
+``{"kind": "text"}``: their inputs stay integers, int64 ``[B, seq_len + 1]`` (token ids are never scaled).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ import numpy as np
 
 from crossdistill.errors import DataError
 
-INPUT_COLUMNS = ("x", "image")
+INPUT_COLUMNS = ("x", "image", "tokens")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def input_column(columns: list[str] | dict[str, Any], where: str) -> str:
-    """The name of the input column of a dataset (``x`` or ``image``)."""
+    """The name of the input column of a dataset (``x``, ``image`` or ``tokens``)."""
     for name in INPUT_COLUMNS:
         if name in columns:
             return name
@@ -64,7 +67,8 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, where: str) 
 
 
 class Preprocessor:
-    """Callable ``(batch columns) -> float32 [B, ...]`` built from a dataset's meta (plus overrides)."""
+    """Callable ``(batch columns) -> float32 [B, ...]`` built from a dataset's meta (plus overrides); a text
+    dataset's tokens come out as int64 ``[B, seq_len + 1]``."""
 
     def __init__(self, meta: dict[str, Any], override: dict[str, Any] | None = None, where: str = "dataset") -> None:
         self.spec: dict[str, Any] = {**(meta.get("preprocess") or {}), **(override or {})}
@@ -80,7 +84,10 @@ class Preprocessor:
         return self._decode(columns["image"], columns.get("id")) if name == "image" else columns[name]
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Decoded inputs -> contiguous float32 ``(x * scale - mean) / std`` (each part of the spec optional)."""
+        """Decoded inputs -> contiguous float32 ``(x * scale - mean) / std`` (each part of the spec optional);
+        token ids (spec kind ``text``) -> contiguous int64, unchanged."""
+        if self.spec.get("kind") == "text":
+            return np.ascontiguousarray(x, dtype=np.int64)
         scale, mean, std = self.spec.get("scale"), self.spec.get("mean"), self.spec.get("std")
         x = np.array(x, dtype=np.float32) if scale is not None or mean is not None or std is not None \
             else x.astype(np.float32, copy=False)  # a copy of its own when it is changed in place below

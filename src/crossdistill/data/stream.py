@@ -15,6 +15,10 @@ checked) and decoding the inputs (:class:`Preprocessor`) run in ``num_workers`` 
 (in this process when 0, by one read-ahead thread); the buffer holds the decoded values as stored
 (uint8 pixels stay uint8) and each drawn batch is normalised to float32. Fragments come back in job
 order whatever the number of workers, so the batch order does not depend on ``num_workers``.
+
+A text dataset (import-data ``text=``) streams the same way: ``Batch.x`` holds its token ids as int64
+``[B, seq_len + 1]`` (never normalised to float) and ``Batch.soft["length"]`` (int64 ``[B]``) how many of
+each row's tokens are real (the rest is padding: only a dataset's last row has any).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from crossdistill.errors import CrossdistillError, DataError
 
 READ_AHEAD = 2  # fragments read ahead of training when num_workers is 0
 FRAGMENTS_PER_RANK = 4  # below this many row groups per rank, ranks share every row group (rows interleaved)
+LENGTH = "length"  # a text dataset's real tokens per row
 KEY = "_key"  # the row's position in the stream's row space (global row index when no row is dropped)
 
 
@@ -48,9 +53,9 @@ class Batch:
     index: int  # batch number inside the epoch
     keys: np.ndarray
     ids: np.ndarray
-    x: np.ndarray  # float32 [B, ...], after preprocessing
+    x: np.ndarray  # float32 [B, ...], after preprocessing; a text dataset: int64 token ids [B, seq_len + 1]
     y: np.ndarray  # int64 [B], -1 = unlabeled
-    soft: dict[str, np.ndarray] = field(default_factory=dict)
+    soft: dict[str, np.ndarray] = field(default_factory=dict)  # a text dataset's "length" too
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -92,7 +97,9 @@ class _FragmentLoader:
             same = self.soft_uris == self.train_uris  # a set that carries its own inputs (assembled)
             soft = None if self.soft_uris is None or same else DatasetReader(self.soft_uris)
             names = train.column_names()
-            columns = [input_column(names, train.description), *(["y"] if "y" in names else [])]
+            inputs = input_column(names, train.description)
+            columns = [inputs, *(["y"] if "y" in names else []),
+                       *([LENGTH] if inputs == "tokens" and LENGTH in names else [])]
             if same:
                 columns += [c for c in self.soft_columns if c not in columns]
             self._readers = (train, soft, Preprocessor(train.meta, self.preprocess, train.description), columns)
@@ -115,6 +122,8 @@ class _FragmentLoader:
             raise DataError(f"{train.description}: row {frag.start + int(bad[0])} (id {int(ids[bad[0]])}) has label "
                             f"{int(y[bad[0]])}, expected -1 (unlabeled) or a class index 0..{self.num_classes - 1}")
         out = {"id": ids, "y": y, "x": preprocess.decode(cols)}  # normalised per batch: the buffer stays compact
+        if LENGTH in cols:  # a text dataset: real tokens per row, handed on in Batch.soft
+            out[LENGTH] = cols[LENGTH].astype(np.int64)
         if soft is not None:
             aligned = soft.read_rows(frag.start, frag.start + frag.num_rows, self.soft_columns)
             wrong = np.flatnonzero(aligned["id"] != ids)

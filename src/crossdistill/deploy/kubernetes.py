@@ -109,6 +109,8 @@ def serve_values(cfg: TeacherServeConfig) -> dict[str, Any]:
     }
     if cfg.class_names is not None:
         values["class_names"] = cfg.class_names
+    if cfg.tokenizer is not None:
+        values["tokenizer"] = cfg.tokenizer
     return {**values, **secret_files(cfg)}
 
 

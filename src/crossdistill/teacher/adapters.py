@@ -37,7 +37,9 @@ def first_line(exc: BaseException) -> str:
 
 
 class TeacherAdapter(ABC):
-    """A loaded teacher: inputs ``(N, *input_shape)`` float32 -> logits ``(N, num_classes)``."""
+    """A loaded teacher: inputs ``(N, *input_shape)`` float32 -> logits ``(N, num_classes)``; or, for a model
+    whose input is integer (a language model), token ids ``(N, T)`` -> logits per position ``(N, T, V)``
+    (``num_classes`` is then the vocabulary size)."""
 
     format: str = ""
 
@@ -48,6 +50,12 @@ class TeacherAdapter(ABC):
         self.input_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = None
         self.num_parameters: int = 0
+        self.input_dtype = np.dtype(np.float32)  # an integer dtype: a token model
+
+    @property
+    def takes_tokens(self) -> bool:
+        """Whether the inputs are token ids (integers) and the outputs one row of logits per position."""
+        return self.input_dtype.kind in "iu"
 
     @abstractmethod
     def layer_names(self) -> list[str]:
@@ -59,7 +67,7 @@ class TeacherAdapter(ABC):
 
     def predict(self, x: np.ndarray, layers: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Logits (log of the outputs when the model ends in softmax) plus each requested layer."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
         if not x.flags.writeable:  # e.g. a view of a Parquet column: frameworks want their own buffer
             x = x.copy()
         if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
@@ -72,13 +80,13 @@ class TeacherAdapter(ABC):
                                f"(known: {self.layer_names()[:20]})")
         out, acts = self._run(x, layers)
         out = np.asarray(out, dtype=np.float32)
-        if out.ndim != 2 and len(out) == len(x):
+        if out.ndim != 2 and len(out) == len(x) and not self.takes_tokens:
             out = out.reshape(len(x), -1)
         # A wrong output shape is passed on as is: the client checks every response.
         if self.output_is_probs:
             out = np.log(np.clip(out, _PROB_FLOOR, None))
-        if self.num_classes is None and out.ndim == 2:
-            self.num_classes = int(out.shape[1])
+        if self.num_classes is None and out.ndim == (3 if self.takes_tokens else 2):
+            self.num_classes = int(out.shape[-1])
         result = {LOGITS: out}
         result.update({n: np.asarray(acts[n], dtype=np.float32) for n in layers})
         return result
@@ -86,7 +94,7 @@ class TeacherAdapter(ABC):
     def describe(self) -> dict[str, Any]:
         """What a client may know about the teacher: sizes and shapes, never weights."""
         return {"format": self.format, "num_parameters": self.num_parameters, "size_bytes": self.size_bytes,
-                "num_classes": self.num_classes,
+                "num_classes": self.num_classes, "input_dtype": self.input_dtype.name,
                 "input_shape": list(self.input_shape) if self.input_shape is not None else None}
 
 
@@ -123,6 +131,7 @@ class KerasAdapter(TeacherAdapter):
         self.input_shape = tuple(int(d) for d in self.model.input_shape[1:])
         self.num_classes = int(self.model.output_shape[-1])
         self.num_parameters = int(self.model.count_params())
+        self.input_dtype = np.dtype(str(self.model.inputs[0].dtype))
         self._subs: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
 
@@ -141,7 +150,7 @@ class KerasAdapter(TeacherAdapter):
                     outs = [self.model.outputs[0], *(self.model.get_layer(n).output for n in layers)]
                     inputs = self.model.inputs[0] if len(self.model.inputs) == 1 else self.model.inputs
                     model = keras.Model(inputs, outs)
-                spec = tf.TensorSpec([None, *self.input_shape], tf.float32)
+                spec = tf.TensorSpec([None, *self.input_shape], tf.as_dtype(self.input_dtype))
                 self._subs[layers] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
             return self._subs[layers]
 
@@ -174,6 +183,7 @@ class SavedModelAdapter(TeacherAdapter):
             raise ModelFormatError(f"{source}: serving_default takes {sorted(args)}, expected one input tensor")
         self._arg, spec = next(iter(args.items()))
         self.input_shape = tuple(int(d) for d in spec.shape[1:]) if spec.shape.rank else None
+        self.input_dtype = np.dtype(spec.dtype.as_numpy_dtype)
         outs = self._fn.structured_outputs
         self._out_key = LOGITS if LOGITS in outs else sorted(outs)[0]
         self._layer_keys = sorted(k for k in outs if k != self._out_key)
@@ -221,13 +231,15 @@ class TorchScriptAdapter(TeacherAdapter):
             self.input_shape = tuple(int(d) for d in meta["input_shape"])
         if meta.get("num_classes"):
             self.num_classes = int(meta["num_classes"])
+        if meta.get("input_dtype"):  # e.g. "int64": a token model
+            self.input_dtype = np.dtype(meta["input_dtype"])
         self.num_parameters = int(sum(p.numel() for p in self.model.parameters()))
         self._sequential = self.model.original_name == "Sequential"
         self._dict_layers: list[str] = []
         if self.input_shape is not None:
             try:
                 with torch.no_grad():
-                    probe = self.model(torch.zeros((1, *self.input_shape)))
+                    probe = self.model(torch.zeros((1, *self.input_shape), dtype=_torch_dtype(self.input_dtype)))
             except Exception as exc:  # the archive's recorded input shape does not fit the module
                 raise ModelFormatError(f"{source}: a forward pass on 'input' of the recorded input_shape "
                                        f"{[1, *self.input_shape]} failed: {first_line(exc)}") from None
@@ -262,7 +274,15 @@ class TorchScriptAdapter(TeacherAdapter):
             return out.numpy(), {}
 
 
+def _torch_dtype(dtype: np.dtype) -> Any:
+    import torch
+
+    return torch.from_numpy(np.zeros(0, dtype)).dtype
+
+
 # --------------------------------------------------------------------------- ONNX
+
+_ONNX_INTS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 class OnnxAdapter(TeacherAdapter):
@@ -290,6 +310,8 @@ class OnnxAdapter(TeacherAdapter):
         if len(inp) != 1:
             raise ModelFormatError(f"{source}: ONNX graph has inputs {[i.name for i in inp]}, expected one")
         self._input_name = inp[0].name
+        if inp[0].type in _ONNX_INTS:
+            self.input_dtype = np.dtype(_ONNX_INTS[inp[0].type])
         dims = inp[0].shape[1:]
         self.input_shape = tuple(int(d) for d in dims) if all(isinstance(d, int) for d in dims) else None
         last = base.get_outputs()[0].shape[-1]

@@ -189,6 +189,7 @@ class _Call:
     sent: float = 0.0  # this attempt's send time, for the round trip
     attempt: int = 0
     future: Any = None
+    positions: tuple[int, ...] = ()  # a token model's positions per row: outputs are [B, *positions, ...]
 
     @property
     def batch_size(self) -> int:
@@ -309,7 +310,8 @@ class TeacherClient:
         inp = tensors_in.get(P.INPUT)
         meta["input_shape"] = inp[1:] if inp and len(inp) > 1 and all(d > 0 for d in inp[1:]) else None
         logits = tensors_out.get(P.LOGITS)
-        meta["num_classes"] = logits[-1] if logits and len(logits) == 2 and logits[-1] > 0 else None
+        meta["num_classes"] = logits[-1] if logits and len(logits) >= 2 and logits[-1] > 0 else None
+        meta["input_datatype"] = next((t.datatype for t in resp.inputs if t.name == P.INPUT), None)
         meta["layers"] = {n[len(P.LAYER_PREFIX):]: s for n, s in tensors_out.items() if n.startswith(P.LAYER_PREFIX)}
         meta["max_message_bytes"], meta["class_names"] = None, None
         for token in resp.platform.split()[1:]:
@@ -318,6 +320,8 @@ class TeacherClient:
                 meta[key] = int(value)
             elif key == "class_names":
                 meta[key] = _class_names(value)
+            elif key == "vocab_fingerprint":
+                meta[key] = value
         self._meta = meta
         return meta
 
@@ -400,7 +404,7 @@ class TeacherClient:
         ids, x = _as_batch(ids, x)
         limit = self.message_limit()
         row_in = int(np.prod(x.shape[1:], dtype=np.int64)) * 4 + 8
-        row_out = self._answer_row_bytes()
+        row_out = self._answer_row_bytes(int(np.prod(x.shape[1:], dtype=np.int64)) if x.dtype.kind == "i" else 1)
         room = limit - _MESSAGE_OVERHEAD
         if max(row_in, row_out) > room:
             raise TeacherError(f"one row of the request to {self.cfg.url} ({row_in} bytes of 'input' + 'ids') or of "
@@ -411,11 +415,13 @@ class TeacherClient:
         job = _Job(payload, [None] * len(starts))
         return [self._new_call(job, part, ids[lo:lo + rows], x[lo:lo + rows]) for part, lo in enumerate(starts)]
 
-    def _answer_row_bytes(self) -> int:
-        """Bytes per row of an answer: from the metadata (classes, top-k, layer shapes), or as seen so far."""
+    def _answer_row_bytes(self, positions: int = 1) -> int:
+        """Bytes per row of an answer (``positions`` outputs per row for a token model): from the metadata
+        (classes, top-k, layer shapes), or as seen so far."""
         meta = self._meta or {}
         width = 2 if self.cfg.fp16 else 4
-        row = 8 + (self.cfg.top_k * (width + 8) if self.cfg.top_k else (meta.get("num_classes") or 0) * width)
+        per = self.cfg.top_k * (width + 8) if self.cfg.top_k else (meta.get("num_classes") or 0) * width
+        row = 8 + positions * per
         for name in self.cfg.layers:
             shape = meta.get("layers", {}).get(name) or []
             if len(shape) > 1 and all(d > 0 for d in shape[1:]):
@@ -430,12 +436,14 @@ class TeacherClient:
                   P.PARAM_FP16: pb.InferParameter(bool_param=self.cfg.fp16)}
         if self.cfg.layers:
             params[P.PARAM_LAYERS] = pb.InferParameter(string_param=",".join(self.cfg.layers))
+        tokens = x.dtype.kind == "i"
         request = pb.ModelInferRequest(
             model_name=self.cfg.model_name, id=f"b{key}", parameters=params,
-            inputs=[pb.ModelInferRequest.InferInputTensor(name=P.INPUT, datatype="FP32", shape=list(x.shape)),
+            inputs=[pb.ModelInferRequest.InferInputTensor(name=P.INPUT, datatype="INT32" if tokens else "FP32",
+                                                          shape=list(x.shape)),
                     pb.ModelInferRequest.InferInputTensor(name=P.IDS, datatype="INT64", shape=[len(ids)])],
             raw_input_contents=[x.tobytes(), ids.tobytes()])
-        return _Call(key, job, part, ids, request)
+        return _Call(key, job, part, ids, request, positions=tuple(x.shape[1:]) if tokens else ())
 
     def _send(self, call: _Call, done: queue.SimpleQueue[_Call]) -> None:
         """Put ``call`` on the wire; a retry waits for the channel to reconnect (within its timeout)."""
@@ -525,12 +533,13 @@ class TeacherClient:
         meta = self._meta or {}
         c = meta.get("num_classes")
         out = TeacherOutput(ids=call.ids, temperature=float(self.cfg.temperature))
+        lead = (b, *call.positions)
         if self.cfg.top_k == 0:
-            out.logits = self._take(tensors, P.LOGITS, tuple(_FLOAT), (b, c), call, finite=True)
+            out.logits = self._take(tensors, P.LOGITS, tuple(_FLOAT), (*lead, c), call, finite=True)
         else:
             k = self.cfg.top_k
-            out.topk_logprobs = self._take(tensors, P.TOPK_LOGPROBS, tuple(_FLOAT), (b, k), call, finite=True)
-            out.topk_indices = self._take(tensors, P.TOPK_INDICES, _INDEX, (b, k), call)
+            out.topk_logprobs = self._take(tensors, P.TOPK_LOGPROBS, tuple(_FLOAT), (*lead, k), call, finite=True)
+            out.topk_indices = self._take(tensors, P.TOPK_INDICES, _INDEX, (*lead, k), call)
             hi = c if c else None
             if out.topk_indices.min(initial=0) < 0 or (hi and out.topk_indices.max(initial=0) >= hi):
                 raise TeacherResponseError(f"tensor '{P.TOPK_INDICES}' from {self.cfg.url} has class indices outside "
@@ -568,8 +577,9 @@ class TeacherClient:
 
 
 def _as_batch(ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, x)`` as contiguous int64 ``[B]`` and float32 ``[B, ...]``, else TeacherError."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    """``(ids, x)`` as contiguous int64 ``[B]`` and float32 ``[B, ...]`` (int32 ``[B, T]`` token ids when ``x``
+    holds integers), else TeacherError."""
+    x = np.ascontiguousarray(x, dtype=np.int32 if np.asarray(x).dtype.kind in "iu" else np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     if x.ndim < 2 or len(x) != len(ids):
         raise TeacherError(f"batch 'input' has shape {list(x.shape)} and 'ids' {list(ids.shape)}: expected "

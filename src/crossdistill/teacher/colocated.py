@@ -20,7 +20,7 @@ from crossdistill.errors import CrossdistillError, DataError, ModelFormatError, 
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.adapters import TeacherAdapter, first_line, load_teacher
 from crossdistill.teacher.client import TeacherClient, TeacherClientConfig
-from crossdistill.teacher.serve_config import resolve_class_names
+from crossdistill.teacher.serve_config import resolve_class_names, resolve_vocab_fingerprint
 
 INPROCESS = P.INPROCESS
 T = TypeVar("T")
@@ -53,10 +53,11 @@ class ColocatedTeacher:
         return {"input_shape": list(a.input_shape or []), "num_classes": a.num_classes,
                 "layers": {}, "num_parameters": a.num_parameters, "size_bytes": a.size_bytes,
                 "platform": f"inprocess {self.uri}",
-                "class_names": resolve_class_names(self.uri, None, a.num_classes)}
+                **({"vocab_fingerprint": resolve_vocab_fingerprint(self.uri, None, a.num_classes)} if a.takes_tokens
+                   else {"class_names": resolve_class_names(self.uri, None, a.num_classes)})}
 
     def infer(self, ids: np.ndarray, x: np.ndarray) -> P.TeacherOutput:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=self.adapter.input_dtype)
         try:
             result = self.adapter.predict(x, tuple(self.cfg.layers))
         except CrossdistillError:
@@ -65,10 +66,10 @@ class ColocatedTeacher:
             raise ModelFormatError(f"in-process teacher {self.uri}: a forward pass on '{P.INPUT}' of shape "
                                    f"{list(x.shape)} failed: {first_line(exc)}") from None
         logits = result[P.LOGITS]
-        if logits.shape != (len(x), self.adapter.num_classes) or not np.isfinite(logits).all():
+        want = (len(x), *(x.shape[1:] if self.adapter.takes_tokens else ()), self.adapter.num_classes)
+        if logits.shape != want or not np.isfinite(logits).all():
             raise TeacherResponseError(f"in-process teacher {self.uri}: tensor '{P.LOGITS}' has shape "
-                                       f"{logits.shape} or non-finite values; expected finite "
-                                       f"[{len(x)}, {self.adapter.num_classes}]")
+                                       f"{logits.shape} or non-finite values; expected finite {list(want)}")
         out = P.TeacherOutput(ids=np.asarray(ids, dtype=np.int64), temperature=self.cfg.temperature,
                               layers={n: self._wire(result[n]) for n in self.cfg.layers})
         if self.cfg.top_k:

@@ -22,14 +22,15 @@ from tqdm import tqdm
 
 from crossdistill.data.preprocess import Preprocessor, input_column
 from crossdistill.data.shards import DatasetReader, Fragment
-from crossdistill.errors import TeacherResponseError
+from crossdistill.errors import ConfigError, TeacherResponseError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.colocated import StoredTeacher, open_teacher
 from crossdistill.teacher.protocol import TeacherOutput
 
 T = TypeVar("T")
 
-__all__ = ["LabeledFragment", "Teacher", "StoredTeacher", "label_dataset", "open_teacher", "output_columns"]
+__all__ = ["LabeledFragment", "Teacher", "StoredTeacher", "check_vocabulary", "label_dataset", "open_teacher",
+           "output_columns"]
 
 
 class Teacher(Protocol):
@@ -38,6 +39,17 @@ class Teacher(Protocol):
     def metadata(self) -> dict[str, Any]: ...
 
     def stream(self, batches: Iterable[tuple[np.ndarray, Any, T]]) -> Iterator[tuple[TeacherOutput, T]]: ...
+
+
+def check_vocabulary(teacher: Teacher, name: str, fingerprint: str, where: str) -> None:
+    """Stop at connect unless ``teacher`` (called ``name`` in the message, e.g. its URL) has the vocabulary
+    (its metadata's ``vocab_fingerprint``) that ``where`` (the student's data) was tokenized with: with
+    another vocabulary a token id means another token on each side, and distillation would teach nonsense."""
+    theirs = teacher.metadata().get("vocab_fingerprint")
+    if theirs != fingerprint:
+        said = f"vocabulary {theirs}" if theirs else "no vocabulary fingerprint (serve it with its tokenizer)"
+        raise ConfigError(f"teacher {name} has {said} but {where} was tokenized with vocabulary {fingerprint}: "
+                          "teacher and student must share one tokenizer")
 
 
 @dataclass

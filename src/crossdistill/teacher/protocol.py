@@ -11,6 +11,12 @@ type that holds every class, :func:`index_dtype`: UINT16 up to 65,536 classes, I
 (Triton, MLServer, ...) can teach in dense mode: the client pairs an answer with its request, and
 checks the ``ids`` echo (``[B]`` or ``[B, 1]``) only when the server sends one.
 
+A token model (a language model: integer inputs) takes ``input`` as INT32/INT64 token ids ``[B, T]``
+(each in ``0..V-1``, checked) and answers per position: ``logits`` ``[B, T, V]`` or top-k ``[B, T, k]``
+(``num_classes`` is the vocabulary size V). Its metadata carries ``vocab_fingerprint`` (the SHA-256 of
+its tokenizer's vocabulary, :func:`crossdistill.data.text.vocab_fingerprint`), which a student compares
+with its own data's before the first request (:func:`crossdistill.teacher.labeling.check_vocabulary`).
+
 Messages in either direction stay under one size limit: the server advertises ``max_message_bytes``
 in its metadata (``DEFAULT_MAX_MESSAGE_BYTES`` when it does not) and the client splits a batch whose
 request or answer would exceed it into several calls.

@@ -63,6 +63,10 @@ class TeacherServeConfig(StrictConfig):
     class_names: list[str] | None = Field(
         None, description="the teacher's output class names, served in its metadata; default: the JSON list in "
                           "<model_uri>.class_names.json (or <SavedModel dir>/class_names.json) when there is one")
+    tokenizer: str | None = Field(
+        None, description="a token model's tokenizer.json (Hugging Face tokenizers): its vocabulary fingerprint is "
+                          "served in the metadata, so a student with another vocabulary stops at connect; default: "
+                          "<model_uri>.tokenizer.json when there is one")
     backend: Literal["local", "kubernetes", "kserve"] = "local"
     name: str = Field("crossdistill-teacher", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                       description="deployment name (DNS-1123); pipelines derive it from the job id")
@@ -132,6 +136,23 @@ def class_names_files(model_uri: str) -> list[str]:
     folder also ``<folder>/class_names.json``."""
     uri = model_uri.rstrip("/")
     return [f"{uri}.class_names.json", storage.join(uri, "class_names.json")]
+
+
+def resolve_vocab_fingerprint(model_uri: str, configured: str | None, vocab_size: int | None) -> str | None:
+    """The fingerprint of a token model's vocabulary (:func:`crossdistill.data.text.vocab_fingerprint`) from
+    ``configured`` or ``<model_uri>.tokenizer.json``; None when there is neither. The tokenizer must have one
+    entry per output of the model."""
+    uri = configured or f"{model_uri.rstrip('/')}.tokenizer.json"
+    if configured is None and not storage.exists(uri):
+        return None
+    from crossdistill.data.text import load_tokenizer, vocab_fingerprint
+
+    tokenizer = load_tokenizer(uri)
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab_size is not None and size != vocab_size:
+        raise ConfigError(f"tokenizer {uri} has {size} entries but the model {model_uri} has {vocab_size} outputs "
+                          "per position: expected one entry per output")
+    return vocab_fingerprint(tokenizer)
 
 
 def resolve_class_names(model_uri: str, configured: list[str] | None, num_classes: int | None) -> list[str] | None:

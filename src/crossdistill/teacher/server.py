@@ -46,7 +46,12 @@ from crossdistill.errors import CrossdistillError, ModelFormatError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.adapters import TeacherAdapter, first_line, load_teacher
 from crossdistill.teacher.client import oip_modules
-from crossdistill.teacher.serve_config import SERVE_FAILED, TeacherServeConfig, resolve_class_names
+from crossdistill.teacher.serve_config import (
+    SERVE_FAILED,
+    TeacherServeConfig,
+    resolve_class_names,
+    resolve_vocab_fingerprint,
+)
 from crossdistill.teacher.transport import (
     GrpcTokenCheck,
     RestTokenCheck,
@@ -255,6 +260,7 @@ class TeacherModel(kserve.Model):
             raise ModelFormatError(f"expose_layers: the teacher {adapter.source} has no layer(s) {unknown}; its "
                                    f"layers: {adapter.layer_names()[:50]}")
         self.class_names = class_names
+        self.vocab_fingerprint: str | None = None  # a token model's vocabulary, served for students to compare
         self.max_message_bytes = max_message_bytes
         self._layer_shapes: dict[str, list[int]] = {}
         self.ready = False
@@ -264,7 +270,7 @@ class TeacherModel(kserve.Model):
         if self.adapter.input_shape is not None:
             shape = [1, *self.adapter.input_shape]
             try:
-                probe = self.adapter.predict(np.zeros(shape, np.float32), self.expose_layers)
+                probe = self.adapter.predict(np.zeros(shape, self.adapter.input_dtype), self.expose_layers)
             except Exception as exc:  # a framework raises anything on a model/input mismatch
                 raise ModelFormatError(f"{self.adapter.source}: a forward pass on '{P.INPUT}' of shape {shape} "
                                        f"failed: {first_line(exc)}") from None
@@ -279,20 +285,24 @@ class TeacherModel(kserve.Model):
                 f"max_message_bytes={self.max_message_bytes}")
         if self.class_names is not None:
             text += " class_names=" + urllib.parse.quote(json.dumps(self.class_names, separators=(",", ":")), safe="")
+        if self.vocab_fingerprint is not None:
+            text += f" vocab_fingerprint={self.vocab_fingerprint}"
         return text
 
     def get_input_types(self) -> list[dict[str, Any]]:
         shape = list(self.adapter.input_shape) if self.adapter.input_shape is not None else [-1]
-        return [{"name": P.INPUT, "datatype": "FP32", "shape": [-1, *shape]},
+        kind = "INT64" if self.adapter.takes_tokens else "FP32"
+        return [{"name": P.INPUT, "datatype": kind, "shape": [-1, *shape]},
                 {"name": P.IDS, "datatype": "INT64", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict[str, Any]]:
         c = self.adapter.num_classes or -1
+        per = [-1] * len(self.adapter.input_shape or [-1]) if self.adapter.takes_tokens else []  # positions
         outs = [{"name": P.IDS, "datatype": "INT64", "shape": [-1]},
-                {"name": P.LOGITS, "datatype": "FP32", "shape": [-1, c]},
-                {"name": P.TOPK_LOGPROBS, "datatype": "FP32", "shape": [-1, -1]},
+                {"name": P.LOGITS, "datatype": "FP32", "shape": [-1, *per, c]},
+                {"name": P.TOPK_LOGPROBS, "datatype": "FP32", "shape": [-1, *per, -1]},
                 {"name": P.TOPK_INDICES, "datatype": _DATATYPES[P.index_dtype(c if c > 0 else 1 << 17)],
-                 "shape": [-1, -1]}]
+                 "shape": [-1, *per, -1]}]
         outs += [{"name": P.LAYER_PREFIX + n, "datatype": "FP32", "shape": s} for n, s in self._layer_shapes.items()]
         return outs
 
@@ -316,7 +326,7 @@ class TeacherModel(kserve.Model):
             logprobs, index = P.topk_logprobs(logits, top_k, temperature)
             outputs += [_output(P.TOPK_LOGPROBS, logprobs.astype(float_t)), _output(P.TOPK_INDICES, index)]
         outputs += [_output(P.LAYER_PREFIX + n, result[n].astype(float_t)) for n in layers]
-        params: dict[str, Any] = {"num_classes": int(logits.shape[1]), P.PARAM_TOP_K: top_k,
+        params: dict[str, Any] = {"num_classes": int(logits.shape[-1]), P.PARAM_TOP_K: top_k,
                                   P.PARAM_TEMPERATURE: repr(float(temperature)),
                                   "num_parameters": self.adapter.num_parameters,
                                   "size_bytes": self.adapter.size_bytes}
@@ -326,22 +336,34 @@ class TeacherModel(kserve.Model):
     def _parse(self, req: InferRequest) -> tuple[np.ndarray, np.ndarray, int, float, bool, tuple[str, ...]]:
         names = [i.name for i in req.inputs]
         want = self.adapter.input_shape
-        expected = f"FP32 [B, {', '.join(map(str, want))}]" if want is not None else "FP32 [B, ...]"
+        tokens = self.adapter.takes_tokens
+        kinds = _INT_IDS if tokens else _FLOAT_IN
+        kind = "INT64/INT32 token ids" if tokens else "FP32"
+        expected = f"{kind} [B, {', '.join(map(str, want))}]" if want is not None else f"{kind} [B, ...]"
         tensor = req.get_input_by_name(P.INPUT)
         if tensor is None:
             raise InvalidInput(f"request has no input tensor '{P.INPUT}' (got {names}); expected {expected}")
         if set(names) - {P.INPUT, P.IDS} or len(set(names)) != len(names):
             raise InvalidInput(f"request has inputs {names}: expected '{P.INPUT}' and optionally '{P.IDS}', once each")
-        if tensor.datatype not in _FLOAT_IN:
+        if tensor.datatype not in kinds:
             raise InvalidInput(f"input '{P.INPUT}' has datatype {tensor.datatype}, expected {expected}")
         shape = list(tensor.shape)
         check_declared(P.INPUT, tensor.datatype, shape, self.max_message_bytes)
         if len(shape) < 2 or (want is not None and tuple(shape[1:]) != tuple(want)):
             raise InvalidInput(f"input '{P.INPUT}' has shape {shape}, expected {expected}")
-        x = tensor_array(tensor, "iuf").astype(np.float32, copy=False)
-        bad = _first_nonfinite_row(x)
-        if bad is not None:
-            raise InvalidInput(f"input '{P.INPUT}' holds NaN or Inf (first at row {bad}): expected finite values")
+        if tokens:
+            x = tensor_array(tensor, "iu").astype(self.adapter.input_dtype, copy=False)
+            vocab = self.adapter.num_classes or 0
+            outside = np.argwhere((x < 0) | (x >= vocab))
+            if len(outside):  # an embedding lookup out of range would fail inside the model
+                where = tuple(int(i) for i in outside[0])
+                raise InvalidInput(f"input '{P.INPUT}' holds token id {int(x[where])} at {list(where)}: expected ids "
+                                   f"in 0..{vocab - 1} (the teacher's vocabulary)")
+        else:
+            x = tensor_array(tensor, "iuf").astype(np.float32, copy=False)
+            bad = _first_nonfinite_row(x)
+            if bad is not None:
+                raise InvalidInput(f"input '{P.INPUT}' holds NaN or Inf (first at row {bad}): expected finite values")
         id_tensor = req.get_input_by_name(P.IDS)
         if id_tensor is None:
             ids = np.arange(len(x), dtype=np.int64)  # plain OIP clients (no ids) still get answers
@@ -561,7 +583,10 @@ def build_model(cfg: TeacherServeConfig) -> TeacherModel:
     model = TeacherModel(cfg.model_name, adapter, concurrency=max(4, cfg.workers_threads),
                          expose_layers=cfg.expose_layers, max_message_bytes=cfg.max_message_bytes)
     model.load()
-    model.class_names = resolve_class_names(cfg.model_uri, cfg.class_names, adapter.num_classes)
+    if adapter.takes_tokens:
+        model.vocab_fingerprint = resolve_vocab_fingerprint(cfg.model_uri, cfg.tokenizer, adapter.num_classes)
+    else:
+        model.class_names = resolve_class_names(cfg.model_uri, cfg.class_names, adapter.num_classes)
     return model
 
 
