@@ -18,14 +18,12 @@ accuracy of each student shows the runs learn alike. Prints a table, writes ``<r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import write_results
 from benchmarks.scale import _steady
 
 STEP_ROWS = 128  # rows per optimizer step in every setting
@@ -90,15 +88,7 @@ def main() -> None:
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['setting']} | {r['samples_per_s']:,.0f} | {r['samples_per_s'] / base:.2f} | {r['wall_s']:.0f} | "
               f"{r['steps']} | {r['test_accuracy']:.3f} |" for r in rows]
-    print("\n".join(["", *lines]))
-    results = {"command": "python -m benchmarks.data_parallel " + " ".join(sys.argv[1:]),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-               "runs": rows}
-    out_path = Path(args.results)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    out_path.with_suffix(".md").write_text("\n".join([f"`{results['command']}` ({results['date']})", "", *lines, ""]))
-    print(f"written: {out_path.with_suffix('.json')}, {out_path.with_suffix('.md')}")
+    write_results(args.results, "data_parallel", lines, [], runs=rows)
 
 
 if __name__ == "__main__":

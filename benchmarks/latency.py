@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from benchmarks.delay_proxy import DelayProxy
+from benchmarks.report import write_results
 from benchmarks.scale import _steady
 
 
@@ -100,21 +97,12 @@ def main() -> None:
         base = auto.get(0.0)
         ratio = f"{r['steady_samples_per_s'] / base:.2f}" if base else ""
         lines.append(f"| {r['rtt_ms']:g} ms | {r['max_in_flight']} | {r['steady_samples_per_s']:,.0f} | {ratio} |")
-    target = ""
+    targets = []
     if 0.0 in auto and 50.0 in auto:
         ratio = auto[50.0] / auto[0.0]
-        target = f"at 50 ms, auto: {ratio:.2f}x the 0 ms figure (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})"
-    print("\n".join(["", *lines, "", target]))
-    load = os.getloadavg()
-    results = {"command": "python -m benchmarks.latency " + " ".join(sys.argv[1:]),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
-               "cpus": os.cpu_count(), "load_average_1min_end": load[0], "runs": rows, "target": target}
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    out.with_suffix(".md").write_text("\n".join([f"`{results['command']}` ({results['date']})", "", *lines, "",
-                                                 target, ""]))
-    print(f"written: {out.with_suffix('.json')}, {out.with_suffix('.md')}")
+        targets.append(f"at 50 ms, auto: {ratio:.2f}x the 0 ms figure (target >= 0.9: "
+                       f"{'met' if ratio >= 0.9 else 'NOT met'})")
+    write_results(args.results, "latency", lines, targets, runs=rows)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 from benchmarks.latency import _teacher, train
+from benchmarks.report import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,17 +142,8 @@ def main() -> None:
         targets.append(f"2 replicas / 1: {two / one:.2f} (target >= 1.8: {'met' if two / one >= 1.8 else 'NOT met'})")
     targets.append(f"best online / offline: {best / offline:.2f} (target >= 0.95: "
                    f"{'met' if best / offline >= 0.95 else 'NOT met'})")
-    print("\n".join(["", *lines, "", *targets]))
-    results = {"command": "python -m benchmarks.replicas " + " ".join(sys.argv[1:]),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-               "hold_ms": args.hold_ms, "offline_samples_per_s": offline, "offline_cpu": offline_cpu, "runs": rows,
-               "targets": targets}
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    out.with_suffix(".md").write_text("\n".join([f"`{results['command']}` ({results['date']})", "", *lines, "",
-                                                 *targets, ""]))
-    print(f"written: {out.with_suffix('.json')}, {out.with_suffix('.md')}")
+    write_results(args.results, "replicas", lines, targets, hold_ms=args.hold_ms, offline_samples_per_s=offline,
+                  offline_cpu=offline_cpu, runs=rows)
 
 
 if __name__ == "__main__":
