@@ -346,3 +346,12 @@ def write_text(reader: Reader, codes: np.ndarray, outputs: list[Output], *, home
             fs, _ = storage.filesystem(out.uri)
             out.stored_bytes = sum(int(fs.size(storage.join(out.uri, s["name"]))) for s in writers[out.name].shards)
     return result
+
+
+def next_token_pairs(tokens: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of packed rows ``[B, L+1]`` as a language model sees it: inputs ``[B, L]`` (tokens 0..L-1),
+    next-token targets ``[B, L]`` (tokens 1..L) and the mask of positions whose target is a real token
+    (position t counts when t + 1 < the row's ``length``): padding is never a target."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    positions = np.arange(tokens.shape[1] - 1)
+    return tokens[:, :-1], tokens[:, 1:], positions[None, :] < (np.asarray(length).reshape(-1, 1) - 1)

@@ -115,6 +115,7 @@ def label_dataset(teacher: Teacher, reader: DatasetReader, fragments: Sequence[F
     if needs_inputs:
         wanted.insert(0, input_column(reader.column_names(), reader.description))
     prep = Preprocessor(reader.meta, preprocess, where=reader.description)
+    text = reader.meta.get("kind") == "text"
     pending: dict[int, _Pending] = {}
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray | None, tuple[int, int]]]:
@@ -122,6 +123,8 @@ def label_dataset(teacher: Teacher, reader: DatasetReader, fragments: Sequence[F
             cols = reader.read(frag, wanted)
             ids = cols["id"]
             x = prep(cols) if needs_inputs and len(ids) else None
+            if x is not None and text:  # a packed row's last token is only ever a target: the model reads 0..L-1
+                x = x[:, :-1]
             starts = range(0, len(ids), batch_size)
             pending[k] = _Pending(frag, ids, {c: cols[c] for c in columns}, None if x is None else x.shape[1:],
                                   len(starts))

@@ -23,7 +23,7 @@ from crossdistill.data.shards import DatasetReader, DatasetWriter, Fragment
 from crossdistill.errors import DataError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.client import TeacherClientConfig, check_url
-from crossdistill.teacher.labeling import label_dataset, open_teacher
+from crossdistill.teacher.labeling import check_vocabulary, label_dataset, open_teacher
 from crossdistill.teacher.transport import ClientTLS
 
 
@@ -82,6 +82,8 @@ def run_pseudo_label(cfg: PseudoLabelConfig) -> str:
     with open_teacher(client_config(cfg)) as teacher:
         teacher.wait_ready(cfg.ready_timeout_s)
         server_meta = teacher.metadata()
+        if reader.meta.get("kind") == "text":  # token ids mean the same tokens on both sides, or nothing
+            check_vocabulary(teacher, cfg.teacher_url, str(reader.meta.get("vocab_fingerprint")), reader.description)
         specialist = _label_map_meta(cfg, server_meta.get("num_classes"), reader.meta.get("num_classes"))
         meta = _meta(cfg, reader, fragments, server_meta, specialist)
         bounds = _shard_ends(fragments, cfg.out_shards)
@@ -91,7 +93,7 @@ def run_pseudo_label(cfg: PseudoLabelConfig) -> str:
                                       if cfg.progress else None):
                 if len(part):
                     if writer.spec is None:  # the first answers: their width is the teacher's
-                        width = part.outputs[P.LOGITS].shape[1] if P.LOGITS in part.outputs else None
+                        width = part.outputs[P.LOGITS].shape[-1] if P.LOGITS in part.outputs else None
                         _label_map_meta(cfg, width, reader.meta.get("num_classes"))  # a label_map must fit it
                         writer.meta["num_classes"] = writer.meta["num_classes"] or width
                     writer.row_group_rows = len(part)  # this fragment becomes exactly one row group
@@ -110,6 +112,7 @@ def _meta(cfg: PseudoLabelConfig, reader: DatasetReader, fragments: list[Fragmen
     rows = [fragments[0].start, fragments[-1].start + fragments[-1].num_rows] if fragments else [0, 0]
     return {
         "num_classes": server.get("num_classes"), "class_names": server.get("class_names"),
+        "vocab_fingerprint": server.get("vocab_fingerprint"),
         "temperature": float(cfg.temperature), "teacher": cfg.model_name, "teacher_url": cfg.teacher_url,
         "teacher_platform": server.get("platform", ""), "mode": "dense" if cfg.top_k == 0 else "topk",
         "top_k": cfg.top_k, "source": cfg.data, "name": reader.meta.get("name"),

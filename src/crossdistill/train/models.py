@@ -1,4 +1,4 @@
-"""Student architectures: a small registry (``mlp``, ``cnn``) plus any ``package.module:function``.
+"""Student architectures: a small registry (``mlp``, ``cnn``, ``transformer``) plus any ``package.module:function``.
 
 A student file (``model.pt``) holds the spec, input shape, class count and ``state_dict`` (no
 pickled code), so :func:`load_student` rebuilds the module from the registry and needs no trust in
@@ -27,7 +27,8 @@ STUDENT_FORMAT = "crossdistill.student/v1"
 class ModelSpec(StrictConfig):
     """Which student to build: a registry name (``mlp``, ``cnn``) or ``package.module:function``."""
 
-    name: str = Field("mlp", description="'mlp', 'cnn' or 'package.module:function'")
+    name: str = Field("mlp", description="'mlp', 'cnn', 'transformer' (a causal language model, for text data) "
+                                         "or 'package.module:function'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the builder")
 
 
@@ -80,7 +81,42 @@ def cnn(input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Modul
     return SmallCNN(input_shape, num_classes, **kwargs)
 
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn}
+class CausalTransformer(nn.Module):
+    """A decoder-only language model: token ids ``[B, T]`` -> next-token logits ``[B, T, V]``.
+
+    Token and learned position embeddings, ``layers`` pre-norm transformer blocks whose attention sees
+    only earlier positions (a causal mask), a final norm and a linear head over the vocabulary.
+    """
+
+    def __init__(self, seq_len: int, vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
+                 ff_mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"transformer: dim {dim} must be a multiple of heads {heads}")
+        self.tokens = nn.Embedding(vocab_size, dim)
+        self.positions = nn.Embedding(seq_len, dim)
+        block = nn.TransformerEncoderLayer(dim, heads, dim * ff_mult, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size)
+        self.register_buffer("causal", torch.triu(torch.full((seq_len, seq_len), float("-inf")), 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        h = self.tokens(x) + self.positions(torch.arange(t, device=x.device))
+        return self.head(self.norm(self.blocks(h, mask=self.causal[:t, :t], is_causal=True)))
+
+
+def transformer(input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
+    """The causal transformer for token data: ``input_shape`` = (seq_len,), ``num_classes`` = vocabulary size."""
+    if len(input_shape) != 1:
+        raise ConfigError(f"transformer needs token inputs shaped (seq_len,), got {tuple(input_shape)} "
+                          "(text data: import-data text=...)")
+    return CausalTransformer(int(input_shape[0]), num_classes, **kwargs)
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
 
 
 def _resolve(name: str) -> Callable[..., nn.Module]:

@@ -3,7 +3,9 @@
 Every source turns the stream of :class:`Batch` es into ``(batch, Targets | None)`` pairs in batch
 order, with the teacher's outputs already in the dataset's class order (:func:`teacher_order`): a
 teacher or soft-label set that declares other class names is refused before any training step,
-naming both lists. ``open_targets(cfg, ...)`` picks the source for ``cfg.mode``.
+naming both lists. For text data (``class_names`` None, ``vocabulary`` the data's fingerprint) the
+teacher answers per position and is kept as it came (dense logits or top-k, for the token losses);
+a teacher or soft-label set of another vocabulary is refused before any step, naming both.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from crossdistill.errors import ConfigError, DataError, TeacherResponseError
 from crossdistill.losses.topk import teacher_probs_at
 from crossdistill.teacher.client import TeacherClientConfig
 from crossdistill.teacher.colocated import open_teacher
+from crossdistill.teacher.labeling import check_vocabulary
 from crossdistill.teacher.protocol import LAYER_PREFIX, TeacherOutput
 
 log = logging.getLogger(__name__)
@@ -32,10 +35,13 @@ log = logging.getLogger(__name__)
 class Targets:
     """The teacher's signal for one batch, in the dataset's class order (CPU tensors)."""
 
-    probs: torch.Tensor  # distribution at the training temperature
-    logits: torch.Tensor | None = None  # dense logits (None for top-k)
+    probs: torch.Tensor | None  # distribution at the training temperature (None for text: see below)
+    logits: torch.Tensor | None = None  # dense logits (None for top-k); text: [B, T, V]
     layers: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: torch.Tensor | None = None  # per-example weights of the soft term (assembled sets)
+    topk_logprobs: torch.Tensor | None = None  # text: the teacher's top-k per position [B, T, k], as it came
+    topk_indices: torch.Tensor | None = None
+    topk_temperature: float | None = None
 
 
 class TargetSource(Protocol):
@@ -65,9 +71,15 @@ class _Remap:
         return values if self.inverse is None else self.inverse[values]
 
 
-def _signal(temperature: float, num_classes: int, remap: _Remap, *, logits: np.ndarray | None = None,
+def _signal(temperature: float, num_classes: int, remap: _Remap | None, *, logits: np.ndarray | None = None,
             topk_logprobs: np.ndarray | None = None, topk_indices: np.ndarray | None = None,
             topk_temperature: float | None = None) -> Targets:
+    if remap is None:  # text: per position, kept as it came; the token losses rebuild the distribution
+        if logits is not None:
+            return Targets(None, torch.as_tensor(np.asarray(logits, dtype=np.float32)))
+        return Targets(None, topk_logprobs=torch.as_tensor(np.asarray(topk_logprobs, dtype=np.float32)),
+                       topk_indices=torch.as_tensor(np.asarray(topk_indices, dtype=np.int64)),
+                       topk_temperature=topk_temperature)
     if logits is not None:
         dense = torch.as_tensor(remap.logits(np.asarray(logits, dtype=np.float32)))
         return Targets(teacher_probs_at(temperature, logits=dense), dense)
@@ -94,12 +106,13 @@ class HardLabels:
 class StoredSoftLabels:
     """Soft labels of a pseudo-label (or assembled) dataset, read in step with the inputs by the stream."""
 
-    def __init__(self, uris: str | list[str], class_names: Sequence[str], temperature: float,
-                 layers: Sequence[str], dense_needed: bool) -> None:
+    def __init__(self, uris: str | list[str], class_names: Sequence[str] | None, temperature: float,
+                 layers: Sequence[str], dense_needed: bool, vocabulary: tuple[str, str] | None = None) -> None:
         self.soft_uris = [uris] if isinstance(uris, str) else list(uris)
         reader = DatasetReader(self.soft_uris)
         where, spec = reader.description, reader.spec
-        self.where, self.temperature, self.num_classes = where, temperature, len(class_names)
+        self.where, self.temperature = where, temperature
+        self.num_classes = len(class_names) if class_names is not None else int(reader.meta.get("num_classes") or 0)
         if "logits" in spec:
             self.soft_columns, width = ["logits"], (spec["logits"]["shape"] or [None])[-1]
         elif "topk_logprobs" in spec and "topk_indices" in spec:
@@ -113,8 +126,14 @@ class StoredSoftLabels:
         else:
             raise DataError(f"{where} has neither a 'logits' column nor 'topk_logprobs' + 'topk_indices' "
                             f"(columns: {sorted(spec)})")
-        self.remap = _Remap(teacher_order(class_names, reader.meta.get("class_names"), width,
-                                          f"soft labels {where}"))
+        self.remap: _Remap | None = None
+        if class_names is not None:
+            self.remap = _Remap(teacher_order(class_names, reader.meta.get("class_names"), width,
+                                              f"soft labels {where}"))
+        elif vocabulary is not None and reader.meta.get("vocab_fingerprint") != vocabulary[0]:
+            raise ConfigError(f"soft labels {where} come from a teacher of vocabulary "
+                              f"{reader.meta.get('vocab_fingerprint')} but {vocabulary[1]} was tokenized with "
+                              f"vocabulary {vocabulary[0]}: teacher and student must share one tokenizer")
         self.layers = list(dict.fromkeys(layers))
         for name in self.layers:
             if LAYER_PREFIX + name not in spec:
@@ -174,17 +193,22 @@ class LiveTeacher:
     soft_uris: list[str] | None = None
     soft_columns: list[str] = []
 
-    def __init__(self, cfg: TeacherClientConfig, class_names: Sequence[str], temperature: float,
-                 layers: Sequence[str], rpc_batches: int) -> None:
+    def __init__(self, cfg: TeacherClientConfig, class_names: Sequence[str] | None, temperature: float,
+                 layers: Sequence[str], rpc_batches: int, vocabulary: tuple[str, str] | None = None) -> None:
         wanted = [n for n in dict.fromkeys(layers) if n not in cfg.layers]
         self.cfg = cfg.model_copy(update={"layers": [*cfg.layers, *wanted]}) if wanted else cfg
         self.layers, self.temperature, self.rpc_batches = list(dict.fromkeys(layers)), temperature, rpc_batches
-        self.num_classes = len(class_names)
         with open_teacher(self.cfg) as client:
             client.wait_ready(self.cfg.deadline_s)  # a teacher still starting (or restarting) is waited for
             self.meta = client.metadata()
-        self.remap = _Remap(teacher_order(class_names, self.meta.get("class_names"), self.meta.get("num_classes"),
-                                          f"teacher {self.cfg.url}"))
+            if class_names is None and vocabulary is not None:
+                check_vocabulary(client, self.cfg.url, *vocabulary)
+        self.num_classes = len(class_names) if class_names is not None else int(self.meta.get("num_classes") or 0)
+        self.remap: _Remap | None = None
+        if class_names is not None:
+            self.remap = _Remap(teacher_order(class_names, self.meta.get("class_names"),
+                                              self.meta.get("num_classes"), f"teacher {self.cfg.url}"))
+        self.tokens = class_names is None  # text: the teacher reads each row's inputs, tokens 0..L-1
 
     def layer_shapes(self, first: Batch | None) -> dict[str, tuple[int, ...]]:
         known = self.meta.get("layers") or {}
@@ -197,7 +221,7 @@ class LiveTeacher:
 
     def _target(self, out: TeacherOutput) -> Targets:
         shape = None if out.logits is None else np.shape(out.logits)
-        if shape is not None and (len(shape) != 2 or shape[1] != self.num_classes):
+        if shape is not None and (len(shape) != (3 if self.tokens else 2) or shape[-1] != self.num_classes):
             raise TeacherResponseError(f"teacher returned logits of shape {shape}, the data has "
                                        f"{self.num_classes} classes")
         if out.logits is None and (out.topk_logprobs is None or out.topk_indices is None):
@@ -216,7 +240,8 @@ class LiveTeacher:
         client = open_teacher(self.cfg)
         groups = (list(enumerate(g, start=i * self.rpc_batches)) for i, g in
                   enumerate(_grouped(batches, self.rpc_batches)))
-        requests = ((np.concatenate([b.ids for _, b in g]), np.concatenate([b.x for _, b in g]), g) for g in groups)
+        requests = ((np.concatenate([b.ids for _, b in g]),
+                     np.concatenate([b.x[:, :-1] if self.tokens else b.x for _, b in g]), g) for g in groups)
         pending: dict[int, tuple[Batch, Targets]] = {}
         expected = 0
         stream = client.stream(requests)

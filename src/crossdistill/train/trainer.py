@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -41,6 +42,7 @@ from crossdistill.config import StrictConfig
 from crossdistill.data.classes import class_names
 from crossdistill.data.shards import DatasetReader
 from crossdistill.data.stream import Batch, BatchStream
+from crossdistill.data.text import next_token_pairs
 from crossdistill.errors import ConfigError, CrossdistillError, DataError, TeacherError
 from crossdistill.losses.feature import CrossLayerDistiller, FeatureHooks, feature_shapes
 from crossdistill.losses.terms import (
@@ -51,6 +53,7 @@ from crossdistill.losses.terms import (
     SoftTargetTerm,
     WeightedLoss,
 )
+from crossdistill.losses.tokens import ForwardKLTerm, JSDTerm, NextTokenTerm, ReverseKLTerm, TokenLossInputs
 from crossdistill.teacher.client import TeacherClientConfig
 from crossdistill.teacher.serve_config import Resources, Toleration
 from crossdistill.train.models import ModelSpec, build_model, save_student
@@ -120,7 +123,11 @@ class StudentTrainConfig(StrictConfig):
     temperature: float = Field(4.0, gt=0, description="distillation temperature T")
     soft_weight: float = Field(1.0, ge=0, description="weight of the soft (teacher) term")
     hard_weight: float = Field(0.1, ge=0, description="weight of the hard-label term (labeled examples only)")
-    loss: Literal["kd", "logit_matching"] = Field("kd", description="soft term: KD at T, or logit matching")
+    loss: Literal["kd", "logit_matching", "reverse_kl", "jsd"] = Field(
+        "kd", description="soft term: KD at T (forward KL), or logit matching; text data also: reverse_kl, or jsd "
+                          "(GKD's generalized Jensen-Shannon divergence with jsd_beta)")
+    jsd_beta: float = Field(0.5, ge=0, le=1, description="loss=jsd: the mixture weight (0 = forward KL, 1 = reverse "
+                                                         "KL)")
     features: list[FeaturePair] = Field(default_factory=list, description="cross-layer feature distillation pairs")
     feature_weight: float = Field(1.0, ge=0, description="weight of the feature term")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -205,20 +212,35 @@ def _describe(uri: str | list[str]) -> str:
     return uri if isinstance(uri, str) else ", ".join(uri)
 
 
-def _target_source(cfg: StudentTrainConfig, names: list[str]) -> TargetSource:
+def _target_source(cfg: StudentTrainConfig, names: list[str] | None,
+                   vocabulary: tuple[str, str] | None) -> TargetSource:
+    """``names`` None: text data, whose ``vocabulary`` (fingerprint, where) the teacher must share."""
     layers = [f.teacher for f in cfg.features]
     if cfg.mode == "offline":
         assert cfg.soft_labels is not None
-        return StoredSoftLabels(cfg.soft_labels, names, cfg.temperature, layers, cfg.loss == "logit_matching")
+        return StoredSoftLabels(cfg.soft_labels, names, cfg.temperature, layers, cfg.loss == "logit_matching",
+                                vocabulary)
     if cfg.mode == "online":
         assert cfg.teacher is not None
-        return LiveTeacher(cfg.teacher, names, cfg.temperature, layers, cfg.rpc_batches)
+        return LiveTeacher(cfg.teacher, names, cfg.temperature, layers, cfg.rpc_batches, vocabulary)
     return HardLabels()
+
+
+def _token_loss(cfg: StudentTrainConfig) -> WeightedLoss:
+    """Text data: next-token cross-entropy (``hard``) and a divergence from the teacher per token (``soft``)."""
+    if cfg.mode == "hard":
+        return WeightedLoss({"hard": (1.0, NextTokenTerm())})
+    soft = {"kd": ForwardKLTerm(cfg.temperature), "reverse_kl": ReverseKLTerm(cfg.temperature),
+            "jsd": JSDTerm(cfg.jsd_beta, cfg.temperature)}[cfg.loss]
+    return WeightedLoss({"soft": (cfg.soft_weight, soft), "hard": (cfg.hard_weight, NextTokenTerm())})
 
 
 def _loss(cfg: StudentTrainConfig, distiller: CrossLayerDistiller | None) -> WeightedLoss:
     if cfg.mode == "hard":
         return WeightedLoss({"hard": (1.0, HardLabelTerm())})
+    if cfg.loss in ("reverse_kl", "jsd"):
+        raise ConfigError(f"loss={cfg.loss} is for text data (token distributions); for classes use kd or "
+                          "logit_matching")
     soft = LogitMatchingTerm() if cfg.loss == "logit_matching" else SoftTargetTerm(cfg.temperature)
     terms: dict[str, Any] = {"soft": (cfg.soft_weight, soft), "hard": (cfg.hard_weight, HardLabelTerm())}
     if distiller is not None:
@@ -250,6 +272,18 @@ def _fingerprint(cfg: StudentTrainConfig, stream: BatchStream) -> dict[str, Any]
 
 def _write_log(out: str, history: list[dict[str, Any]]) -> None:
     storage.write_text(storage.join(out, LOG_FILE), "".join(json.dumps(h) + "\n" for h in history))
+
+
+def _token_inputs(logits: torch.Tensor, labels: np.ndarray, mask: np.ndarray, target: Targets | None,
+                  device: torch.device) -> TokenLossInputs:
+    def on(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
+    return TokenLossInputs(logits, torch.from_numpy(labels).to(device), torch.from_numpy(mask).to(device),
+                           teacher_logits=on(target.logits) if target else None,
+                           topk_logprobs=on(target.topk_logprobs) if target else None,
+                           topk_indices=on(target.topk_indices) if target else None,
+                           topk_temperature=target.topk_temperature if target else None)
 
 
 def _loss_inputs(logits: torch.Tensor, y: torch.Tensor, target: Targets | None, hooks: FeatureHooks | None,
@@ -293,12 +327,19 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
 def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
     device = par.device
     where = _describe(cfg.train_data)
-    names = class_names(DatasetReader(cfg.train_data).meta, where)
-    source = _target_source(cfg, names)  # label spaces are checked here, before any step
+    meta = DatasetReader(cfg.train_data).meta
+    text = meta.get("kind") == "text"  # a language model's data: token rows, next-token targets
+    if text and (cfg.features or cfg.loss == "logit_matching"):
+        raise ConfigError("text data: feature pairs and loss=logit_matching are for classes; use loss=kd, "
+                          "reverse_kl or jsd")
+    names = None if text else class_names(meta, where)
+    vocabulary = (str(meta.get("vocab_fingerprint")), where) if text else None
+    width = int(meta["vocab_size"]) if text else len(names or [])
+    source = _target_source(cfg, names, vocabulary)  # label spaces / vocabularies are checked here, before any step
     stream = BatchStream(cfg.train_data, batch_size=cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
-                         num_classes=len(names), soft=source.soft_uris, soft_columns=source.soft_columns,
-                         labeled_only=cfg.mode == "hard", num_workers=cfg.num_workers, preprocess=cfg.preprocess,
-                         rank=par.rank, world=par.world)
+                         num_classes=width, soft=source.soft_uris, soft_columns=source.soft_columns,
+                         labeled_only=cfg.mode == "hard" and not text, num_workers=cfg.num_workers,
+                         preprocess=cfg.preprocess, rank=par.rank, world=par.world)
     if stream.num_rows == 0 and par.world > 1:
         raise DataError(f"{where}: rank {par.rank} of {par.world} gets no rows: its "
                         f"{len(stream.reader.fragments)} row group(s) cannot be shared by {par.world} ranks "
@@ -306,10 +347,10 @@ def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
     if stream.num_rows == 0:
         raise DataError(f"mode=hard but {where} has no labeled example (all y = -1)" if cfg.mode == "hard"
                         else f"{where} holds no examples")
-    input_shape = stream.input_shape()
+    input_shape = (int(meta["seq_len"]),) if text else stream.input_shape()
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, input_shape, len(names)).to(device)
+    model = build_model(cfg.model, input_shape, width).to(device)
     if par.rank:  # the same initial weights (DDP broadcasts rank 0's), but dropout masks of its own
         torch.manual_seed(cfg.seed + 7919 * par.rank)
     distiller: CrossLayerDistiller | None = None
@@ -320,7 +361,7 @@ def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
             feature_shapes(model, [f.student for f in cfg.features], input_shape), source.layer_shapes(first),
             weights=[f.weight for f in cfg.features]).to(device)
     net = par.wrap(model)
-    loss_fn = _loss(cfg, distiller)
+    loss_fn = _token_loss(cfg) if text else _loss(cfg, distiller)
     opt = _make_optimizer(cfg, [*model.parameters(), *(distiller.parameters() if distiller is not None else [])])
     per_epoch = par.max_int(stream.batches_per_epoch)
     if stream.batches_per_epoch < per_epoch:
@@ -359,7 +400,7 @@ def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
     batches = source.targets(stream.batches(state.epoch, min(state.batch, stream.batches_per_epoch), epochs))
     steps = _lockstep(batches, state.epoch, state.batch, epochs, per_epoch)
     hooks = FeatureHooks(model, distiller.student_paths) if distiller is not None else None
-    empty = torch.empty((0, *input_shape), device=device)
+    empty = torch.empty((0, *input_shape), device=device, dtype=torch.long if text else torch.float32)
     try:
         while True:
             failure: TeacherError | None = None
@@ -371,11 +412,16 @@ def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
                 failure, batch = exc, None
             rows, values = 0, dict.fromkeys(loss_fn.names, 0.0)
             if failure is None:
-                logits = net(empty if batch is None else torch.from_numpy(batch.x).to(device))
                 if batch is None:
-                    loss = logits.sum() * 0.0  # no rows: a zero gradient, so DDP's all-reduce still happens
+                    loss = net(empty).sum() * 0.0  # no rows: a zero gradient, so DDP's all-reduce still happens
+                elif text:
+                    rows = len(batch)
+                    inputs, labels, mask = next_token_pairs(batch.x, batch.soft["length"])
+                    logits = net(torch.from_numpy(inputs).to(device))
+                    loss, values = loss_fn(_token_inputs(logits, labels, mask, target, device))
                 else:
                     rows = len(batch)
+                    logits = net(torch.from_numpy(batch.x).to(device))
                     y = torch.from_numpy(batch.y).to(device)
                     loss, values = loss_fn(_loss_inputs(logits, y, target, hooks, device))
                 last_loss = loss.item()
@@ -422,10 +468,11 @@ def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
         checkpoint()
     model_uri = storage.join(cfg.out, MODEL_FILE)
     if par.primary:
-        save_student(model_uri, model, cfg.model, input_shape, len(names),
+        save_student(model_uri, model, cfg.model, input_shape, width,
                      extra={"steps": state.step, "samples_seen": state.samples, "finished": finished,
                             "epochs_completed": state.epoch, "mode": cfg.mode, "temperature": cfg.temperature,
-                            "train_data": cfg.train_data, "class_names": names, "workers": par.world})
+                            "train_data": cfg.train_data, "class_names": names, "workers": par.world,
+                            **({"vocab_fingerprint": vocabulary[0]} if vocabulary else {})})
         _write_log(cfg.out, state.history)
     if not math.isfinite(last_loss) and state.history:
         last_loss = state.history[-1]["loss"]
