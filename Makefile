@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-mlserver run test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency bench-replicas clean
+.PHONY: help venv venv-mlserver run test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency bench-replicas bench-data-parallel bench-token-bytes clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,12 @@ bench-scale: venv  ## peak RSS, samples/s, bytes read of import/pseudo-label/tra
 
 bench-replicas: venv  ## teacher replicas: online training against 1/2/4/8 replicas of an accelerator-bound teacher
 	$(PY) -m benchmarks.replicas $(REPLICAS_ARGS)
+
+bench-data-parallel: venv  ## data-parallel student: 1 process vs 2 torchrun ranks (CNN on Fashion-MNIST)
+	$(PY) -m benchmarks.data_parallel $(DATA_PARALLEL_ARGS)
+
+bench-token-bytes: venv  ## bytes per token on the wire and on disk: dense vs top-k at two vocabulary sizes
+	$(PY) -m benchmarks.token_bytes $(TOKEN_BYTES_ARGS)
 
 bench-latency: venv  ## latency hiding: online training through a delay proxy at 0/10/50/100 ms round trip
 	$(PY) -m benchmarks.latency $(LATENCY_ARGS)

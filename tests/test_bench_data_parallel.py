@@ -19,8 +19,8 @@ def test_data_parallel_benchmark_runs_one_process_and_two_ranks(tmp_path, monkey
     from benchmarks import data_parallel
 
     results = tmp_path / "dp"
-    monkeypatch.setattr(sys, "argv", ["data_parallel", "--rows", "6000", "--work", str(tmp_path / "work"),
-                                      "--results", str(results)])
+    monkeypatch.setattr(sys, "argv", ["data_parallel", "--rows", "6000", "--epochs", "1", "--repeats", "1",
+                                      "--work", str(tmp_path / "work"), "--results", str(results)])
     data_parallel.main()
     runs = json.loads(results.with_suffix(".json").read_text())["runs"]
     assert [(r["workers"], r["threads"]) for r in runs] == [(1, 1), (1, 2), (2, 1)]
