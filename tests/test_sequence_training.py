@@ -55,8 +55,8 @@ def lm(tmp_path_factory, serve_teacher):
     """The corpus as token rows, a served transformer teacher trained on it, and its tokenizer."""
     root = tmp_path_factory.mktemp("lm")
     import_data(ImportDataConfig(source=_corpus(root / "corpus.jsonl", 300, 0), text="text", out=str(root / "data"),
-                                 vocab_size=300, seq_len=SEQ))
-    data = str(root / "data")
+                                 vocab_size=300, seq_len=SEQ, holdout={"test": 0.15}))
+    data = str(root / "data" / "train")
     run = train_student(_student(data, root / "teacher", mode="hard", epochs=4, model={
         "name": "transformer", "kwargs": {"dim": 48, "layers": 2, "heads": 4}}))
     net, _ = load_student(run.model_uri)
@@ -68,7 +68,7 @@ def lm(tmp_path_factory, serve_teacher):
     torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(
         {"input_shape": [SEQ], "num_classes": vocab, "input_dtype": "int64"})})
     shutil.copy(root / "data" / "tokenizer.json", f"{path}.tokenizer.json")  # the teacher's vocabulary, served
-    return {"root": root, "data": data, "teacher": str(path), "teacher_run": run,
+    return {"root": root, "data": data, "test": str(root / "data" / "test"), "teacher": str(path), "teacher_run": run,
             "endpoint": serve_teacher(path, name="lm-teacher")}
 
 
@@ -131,3 +131,34 @@ def test_a_killed_sequence_run_resumes_to_the_same_weights(lm, tmp_path):
     assert (resumed.steps, resumed.samples_seen) == (whole.steps, whole.samples_seen)
     a, b = load_student(whole.model_uri)[0].state_dict(), load_student(resumed.model_uri)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_scores_language_models_token_by_token(lm, tmp_path):
+    from crossdistill.data.text import next_token_pairs
+    from crossdistill.evaluate.run import EvaluateConfig, run_evaluate
+
+    online = train_student(_student(lm["data"], tmp_path / "online", mode="online",
+                                    teacher={"url": lm["endpoint"].grpc, "top_k": 8}))
+    hard = train_student(_student(lm["data"], tmp_path / "hard", mode="hard"))
+    result = run_evaluate(EvaluateConfig(test_data=lm["test"], student=online.model_uri,
+                                         baselines={"labels only": hard.model_uri}, teacher=lm["endpoint"].grpc,
+                                         out=str(tmp_path / "eval"), latency_repeats=2, latency_warmup=0,
+                                         export=["torchscript"]))
+    student, teacher = result["student"], result["teacher"]
+    # the perplexity of the student, computed here from the definition over the test rows
+    rows = DatasetReader(lm["test"]).to_dataset(["tokens", "length"])
+    inputs, targets, mask = next_token_pairs(rows["tokens"], rows["length"])
+    with torch.no_grad():
+        logits = load_student(online.model_uri)[0](torch.from_numpy(inputs))
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), torch.from_numpy(targets), reduction="none")
+    want = float(torch.exp(nll[torch.from_numpy(mask)].mean()))
+    assert student["tokens"] == int(mask.sum()) == teacher["tokens"]
+    assert abs(student["perplexity"] - want) < 1e-3 * want
+    vocab = DatasetReader(lm["test"]).meta["vocab_size"]
+    assert 1 < teacher["perplexity"] < student["perplexity"] < vocab  # all far below a uniform guess
+    assert 0 <= student["teacher_agreement"] <= 1 and 0 < student["next_token_accuracy"] < 1
+    assert {r["name"] for r in result["comparison"]} == {"student", "labels only", "teacher"}
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["student"]["perplexity"] == student["perplexity"]
+    assert "perplexity" in (tmp_path / "eval" / "report.html").read_text()
+    exported = torch.jit.load(result["exports"]["torchscript"]["uri"])
+    assert exported(torch.from_numpy(inputs[:2])).shape == (2, SEQ, vocab)

@@ -29,11 +29,15 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def example_input(input_shape: Sequence[int], batch_size: int = 2, seed: int = 0) -> Any:
-    """A random float32 batch ``[B, *input_shape]`` (B >= 2 so ONNX export keeps the batch axis dynamic)."""
+def example_input(input_shape: Sequence[int], batch_size: int = 2, seed: int = 0, vocab_size: int | None = None) -> Any:
+    """A random float32 batch ``[B, *input_shape]`` (token ids below ``vocab_size`` for a language model; B >= 2
+    so ONNX export keeps the batch axis dynamic)."""
     import torch
 
-    return torch.rand((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    if vocab_size is not None:
+        return torch.randint(0, vocab_size, (batch_size, *input_shape), generator=gen)
+    return torch.rand((batch_size, *input_shape), generator=gen)
 
 
 def _reference(model: Any, example: Any) -> np.ndarray:
@@ -154,7 +158,7 @@ def export_onnx(model: Any, example: Any, uri: str, *, opset: int | None = None,
 
 def export_student(model: Any, input_shape: Sequence[int], out_uri: str,
                    formats: Sequence[str] = FORMATS, *, torchscript_method: Literal["trace", "script"] = "trace",
-                   ) -> dict[str, dict[str, Any]]:
+                   vocab_size: int | None = None) -> dict[str, dict[str, Any]]:
     """Export ``model`` in each of ``formats`` to ``<out_uri>/student.{torchscript.pt,onnx}``.
 
     Each file is written only after it loaded back and matched the model; a failure raises
@@ -164,7 +168,7 @@ def export_student(model: Any, input_shape: Sequence[int], out_uri: str,
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigError(f"export: unknown format(s) {unknown}; expected any of {list(FORMATS)}")
-    example = example_input(input_shape)
+    example = example_input(input_shape, vocab_size=vocab_size)
     done: dict[str, dict[str, Any]] = {}
     for fmt in dict.fromkeys(formats):  # de-duplicate, keep order
         uri = storage.join(out_uri, FILE_NAMES[fmt])

@@ -72,8 +72,10 @@ def time_calls(fn: Callable[[], Any], *, batch_size: int, repeats: int = 50, war
 
 
 def torch_cpu_latency(model: Any, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 32),
-                      repeats: int = 50, warmup: int = 5, threads: int = 1, seed: int = 0) -> dict[str, Any]:
-    """CPU latency of ``model`` on random inputs ``[B, *input_shape]`` for each batch size.
+                      repeats: int = 50, warmup: int = 5, threads: int = 1, seed: int = 0,
+                      vocab_size: int | None = None) -> dict[str, Any]:
+    """CPU latency of ``model`` on random inputs ``[B, *input_shape]`` for each batch size (token ids below
+    ``vocab_size`` for a language model).
 
     torch's intra-op thread count is pinned to ``threads`` while timing and restored afterwards.
     Returns ``{"device": "cpu", "threads": n, "batches": [LatencyStats dict, ...]}``.
@@ -92,7 +94,8 @@ def torch_cpu_latency(model: Any, input_shape: Sequence[int], *, batch_sizes: Se
             model.eval()
         with torch.inference_mode():
             for bs in batch_sizes:
-                x = torch.rand((int(bs), *input_shape), generator=gen)
+                x = torch.rand((int(bs), *input_shape), generator=gen) if vocab_size is None else \
+                    torch.randint(0, vocab_size, (int(bs), *input_shape), generator=gen)
                 rows.append(time_calls(lambda x=x: model(x), batch_size=int(bs), repeats=repeats,
                                        warmup=warmup).to_dict())
     finally:
@@ -103,7 +106,7 @@ def torch_cpu_latency(model: Any, input_shape: Sequence[int], *, batch_sizes: Se
 
 
 def teacher_latency(client: Any, input_shape: Sequence[int], *, batch_sizes: Sequence[int] = (1, 32),
-                    repeats: int = 20, warmup: int = 3, seed: int = 0) -> dict[str, Any]:
+                    repeats: int = 20, warmup: int = 3, seed: int = 0, vocab_size: int | None = None) -> dict[str, Any]:
     """Round-trip latency of ``client.infer(ids, x)`` as the student side sees it (network + serving).
 
     ``client`` is a ``crossdistill.teacher.client.TeacherClient`` (anything with ``infer(ids, x)``).
@@ -111,7 +114,8 @@ def teacher_latency(client: Any, input_shape: Sequence[int], *, batch_sizes: Seq
     rng = np.random.default_rng(seed)
     rows = []
     for bs in batch_sizes:
-        x = rng.random((int(bs), *input_shape), dtype=np.float32)
+        x = rng.random((int(bs), *input_shape), dtype=np.float32) if vocab_size is None else \
+            rng.integers(0, vocab_size, (int(bs), *input_shape))
         ids = np.arange(int(bs), dtype=np.int64)
         rows.append(time_calls(lambda ids=ids, x=x: client.infer(ids, x), batch_size=int(bs),
                                repeats=repeats, warmup=warmup).to_dict())

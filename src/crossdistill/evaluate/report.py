@@ -40,7 +40,8 @@ _LABELS = {
     "teacher_agreement": "agreement with teacher", "num_parameters": "parameters",
     "size_bytes": "size on disk", "latency_b1_ms": "latency b=1 (median ms)",
     "latency_bN_ms": "latency b=N (median ms)", "latency_batch": "N", "threads": "threads",
-    "num_examples": "examples",
+    "num_examples": "examples", "perplexity": "perplexity", "next_token_accuracy": "next-token accuracy",
+    "tokens": "tokens scored",
 }
 
 
@@ -280,7 +281,8 @@ def _models_with(metrics: Mapping[str, Any], key: str) -> dict[str, Mapping[str,
     return found
 
 
-_SUMMARY_KEYS = ("num_examples", "accuracy", "teacher_agreement", "ece", "nll", "num_parameters", "size_bytes")
+_SUMMARY_KEYS = ("num_examples", "tokens", "accuracy", "perplexity", "next_token_accuracy", "teacher_agreement", "ece",
+                 "nll", "num_parameters", "size_bytes")
 
 
 def render_report(metrics: Mapping[str, Any], *, title: str | None = None, notes: str = "",

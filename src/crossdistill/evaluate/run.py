@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
+from crossdistill.data.shards import DatasetReader
 from crossdistill.errors import ModelFormatError
 from crossdistill.evaluate import latency as L
 from crossdistill.evaluate import metrics as M
@@ -138,7 +139,11 @@ def comparison_rows(models: Sequence[tuple[str, Mapping[str, Any]]], latency_bat
     """
     rows = []
     for role, res in models:
-        row = {"name": res.get("name", role), "role": role, "accuracy": res.get("accuracy")}
+        row = {"name": res.get("name", role), "role": role}
+        if "perplexity" in res:  # a language model: next-token scores
+            row.update({key: res.get(key) for key in ("perplexity", "next_token_accuracy")})
+        else:
+            row["accuracy"] = res.get("accuracy")
         row.update({key: res[key] for key in ("covered_accuracy", "student_agreement") if key in res})
         row.update({"teacher_agreement": res.get("teacher_agreement"), "ece": res.get("ece"),
                     "nll": res.get("nll"), "num_parameters": res.get("num_parameters"),
@@ -176,6 +181,8 @@ def _forget_previous_result(out: str) -> None:
 
 
 def _run(cfg: EvaluateConfig) -> dict[str, Any]:
+    if DatasetReader(cfg.test_data).meta.get("kind") == "text":
+        return _run_language(cfg)
     test = load_test(cfg.test_data)
     _forget_previous_result(cfg.out)
 
@@ -198,22 +205,38 @@ def _run(cfg: EvaluateConfig) -> dict[str, Any]:
         models.append(("teacher", teacher))
     models += [("teacher", t) for t in teachers] + [("ensemble", e) for e in ensembles]
 
-    exports = export_student(student_model, input_shape, cfg.out, cfg.export,
-                             torchscript_method=cfg.torchscript_method)
+    dataset = {"uri": cfg.test_data, "num_examples": int(len(test.y)), "num_classes": test.num_classes,
+               "class_names": test.class_names, "name": test.meta.get("name")}
+    parts = {"dataset": dataset, "student": student, "baselines": baselines, "teacher": teacher, "teachers": teachers,
+             "ensembles": ensembles, "comparison": comparison_rows(models, cfg.latency_batch)}
+    return _finish(cfg, parts, export_student(student_model, input_shape, cfg.out, cfg.export,
+                                              torchscript_method=cfg.torchscript_method))
+
+
+def _run_language(cfg: EvaluateConfig) -> dict[str, Any]:
+    """A language-model student on held-out text (:mod:`crossdistill.evaluate.language`)."""
+    from crossdistill.evaluate.language import evaluate_language
+
+    _forget_previous_result(cfg.out)
+    scored = evaluate_language(cfg, _batch_sizes(cfg))
+    student, baselines, teacher = scored["student"], scored["baselines"], scored["teacher"]
+    models: list[tuple[str, Mapping[str, Any]]] = [("student", student)]
+    models += [("baseline", b) for b in baselines.values()] + ([("teacher", teacher)] if teacher else [])
+    parts = {"dataset": scored["dataset"], "student": student, "baselines": baselines, "teacher": teacher,
+             "teachers": [], "ensembles": [], "comparison": comparison_rows(models, cfg.latency_batch)}
+    return _finish(cfg, parts, export_student(scored["student_model"], scored["input_shape"], cfg.out, cfg.export,
+                                              torchscript_method=cfg.torchscript_method,
+                                              vocab_size=scored["vocab_size"]))
+
+
+def _finish(cfg: EvaluateConfig, parts: dict[str, Any], exports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The result from its scored ``parts`` and the student's ``exports``: report.html, then metrics.json last."""
     for info in exports.values():
         info["size_bytes"] = L.size_on_disk(info["uri"])
-
     result: dict[str, Any] = {
         "title": cfg.title,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"uri": cfg.test_data, "num_examples": int(len(test.y)), "num_classes": test.num_classes,
-                    "class_names": test.class_names, "name": test.meta.get("name")},
-        "student": student,
-        "baselines": baselines,
-        "teacher": teacher,
-        "teachers": teachers,
-        "ensembles": ensembles,
-        "comparison": comparison_rows(models, cfg.latency_batch),
+        **parts,
         "exports": exports,
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
                         "torch_threads": cfg.threads, "processor": platform.processor() or None},

@@ -45,11 +45,13 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 
 
 # comparison-row key -> (column heading, format); the optional ones appear only when a row has them
-_COLUMNS = [("accuracy", "accuracy", "{:.4f}"), ("covered_accuracy", "accuracy on own classes", "{:.4f}"),
+_COLUMNS = [("accuracy", "accuracy", "{:.4f}"), ("perplexity", "perplexity", "{:.3f}"),
+            ("next_token_accuracy", "next-token accuracy", "{:.4f}"),
+            ("covered_accuracy", "accuracy on own classes", "{:.4f}"),
             ("teacher_agreement", "teacher agreement", "{:.4f}"),
             ("student_agreement", "agreement with student", "{:.4f}"),
             ("num_parameters", "parameters", "{}"), ("latency_b1_ms", "latency b=1 (ms)", "{:.3f}")]
-_OPTIONAL = {"covered_accuracy", "student_agreement"}
+_OPTIONAL = {"accuracy", "perplexity", "next_token_accuracy", "covered_accuracy", "student_agreement"}
 
 
 def summary_markdown(result: Mapping[str, Any], scalars: Mapping[str, float] | None = None) -> str:
@@ -71,12 +73,14 @@ def terminal_summary(result: Mapping[str, Any]) -> str:
     """A few lines for a terminal: accuracy, parameters and latency of every model, then where the report is."""
     rows = result.get("comparison") or []
     batch = next((r.get("latency_batch") for r in rows if r.get("latency_batch")), None)
-    head = ["model", "role", "accuracy", "parameters", "latency b=1 (ms)"]
+    text = any("perplexity" in r for r in rows)  # a language model: perplexity in the accuracy column
+    score, score_fmt = ("perplexity", "{:.3f}") if text else ("accuracy", "{:.4f}")
+    head = ["model", "role", score, "parameters", "latency b=1 (ms)"]
     if batch and batch != 1:
         head.append(f"latency b={batch} (ms)")
     table = [head]
     for r in rows:
-        cells = [str(r["name"]), str(r["role"]), _cell(r.get("accuracy"), "{:.4f}"), _cell(r.get("num_parameters"), "{:,}"),
+        cells = [str(r["name"]), str(r["role"]), _cell(r.get(score), score_fmt), _cell(r.get("num_parameters"), "{:,}"),
                  _cell(r.get("latency_b1_ms"), "{:.3f}")]
         if len(head) == 6:
             cells.append(_cell(r.get("latency_bN_ms"), "{:.3f}"))
@@ -85,6 +89,6 @@ def terminal_summary(result: Mapping[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
     dataset = result.get("dataset") or {}
-    title = f"{result.get('title') or 'evaluation'}: {dataset.get('num_examples')} test examples, " \
-            f"{dataset.get('num_classes')} classes"
+    title = f"{result.get('title') or 'evaluation'}: {dataset.get('num_examples')} test examples, " + \
+        (f"{dataset.get('num_tokens')} tokens" if text else f"{dataset.get('num_classes')} classes")
     return "\n".join([title, *lines, f"report:  {result.get('report')}", f"metrics: {result.get('metrics')}"])
