@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--replicas", default="1,2,4,8", help="pool sizes, comma-separated")
     parser.add_argument("--hold-ms", type=float, default=20.0, help="accelerator time per request (256 rows)")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; figures are medians")
     parser.add_argument("--work", default="runs/bench-replicas")
     parser.add_argument("--results", default="benchmarks/results/replicas")
     args = parser.parse_args()
@@ -110,24 +111,45 @@ def main() -> None:
     _teacher(model)
     soft = run_pseudo_label(PseudoLabelConfig(data=data, teacher_url=f"inprocess:{model}", out=str(work / "soft"),
                                               progress=False))
-    offline, offline_cpu = measured(partial(train, data, work / "student-offline", args.epochs, mode="offline",
-                                            soft_labels=[soft]))
-    print(f"offline (c): {offline:,.0f} samples/s", flush=True)
-    rows = []
-    for n in [int(v) for v in args.replicas.split(",")]:
-        procs, ports = _start(n, model, work, args.hold_ms)
+
+    def offline_run() -> tuple[float, dict[str, float]]:
+        return measured(partial(train, data, work / "student-offline", args.epochs, mode="offline",
+                                soft_labels=[soft]))
+
+    def online(n: int, hold_ms: float) -> tuple[float, dict[str, float]]:
+        procs, ports = _start(n, model, work, hold_ms)
         try:
             url = ",".join(f"127.0.0.1:{p}" for p in ports)
-            rate, cpu = measured(partial(train, data, work / f"student-{n}", args.epochs, mode="online",
-                                         rpc_batches=4, teacher={"url": url, "max_in_flight": "auto"}))
+            return measured(partial(train, data, work / f"student-{n}", args.epochs, mode="online",
+                                    rpc_batches=4, teacher={"url": url, "max_in_flight": "auto"}))
         finally:
             _stop(procs)
-        rows.append({"replicas": n, "samples_per_s": rate, **cpu})
-        print(f"{n} replica(s): {rate:,.0f} samples/s", flush=True)
+
+    # Every setting once per repeat, in turn, so a slow spell of this machine (tens of percent from run to run)
+    # hits them all; each figure is the median over the repeats. The pool with no accelerator time at all
+    # shows what serving itself costs on this machine's CPUs.
+    counts = [int(v) for v in args.replicas.split(",")]
+    most = max(counts)
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {}
+    for repeat in range(args.repeats):
+        for key, run in [("offline", offline_run), *((str(n), partial(online, n, args.hold_ms)) for n in counts),
+                         ("instant", partial(online, most, 0.0))]:
+            runs.setdefault(key, []).append(run())
+            print(f"repeat {repeat + 1}, {key}: {runs[key][-1][0]:,.0f} samples/s", flush=True)
+
+    def median(key: str) -> tuple[float, dict[str, float]]:
+        ordered = sorted(runs[key], key=lambda r: r[0])
+        return ordered[len(ordered) // 2]
+
+    offline, offline_cpu = median("offline")
+    instant, instant_cpu = median("instant")
+    rows = [{"replicas": n, "samples_per_s": median(str(n))[0], **median(str(n))[1],
+             "per_repeat": [r[0] for r in runs[str(n)]]} for n in counts]
     one = rows[0]["samples_per_s"] if rows and rows[0]["replicas"] == 1 else None
     ceiling = 256 / (args.hold_ms / 1000)
-    lines = [f"accelerator time {args.hold_ms:g} ms per 256-row request (one replica's ceiling {ceiling:,.0f} "
-             f"samples/s); offline (c) {offline:,.0f} samples/s (machine CPUs "
+    lines = [f"median of {args.repeats} interleaved repeats; accelerator time {args.hold_ms:g} ms per 256-row request "
+             f"(one replica's ceiling {ceiling:,.0f} samples/s); offline (c) {offline:,.0f} samples/s "
+             f"(per repeat {', '.join(f'{r[0]:,.0f}' for r in runs['offline'])}; machine CPUs "
              f"{offline_cpu['machine_busy']:.0%} busy, student {offline_cpu['student_cores']:.2f} cores)", "",
              f"| replicas | samples/s | vs 1 replica | vs offline | machine CPUs busy ({os.cpu_count()}) | "
              "student process (cores) |", "|---:|---:|---:|---:|---:|---:|"]
@@ -135,6 +157,8 @@ def main() -> None:
         vs_one = f"{r['samples_per_s'] / one:.2f}" if one else ""
         lines.append(f"| {r['replicas']} | {r['samples_per_s']:,.0f} | {vs_one} | {r['samples_per_s'] / offline:.2f} | "
                      f"{r['machine_busy']:.0%} | {r['student_cores']:.2f} |")
+    lines.append(f"| {most}, no accelerator time | {instant:,.0f} | | {instant / offline:.2f} | "
+                 f"{instant_cpu['machine_busy']:.0%} | {instant_cpu['student_cores']:.2f} |")
     two = next((r["samples_per_s"] for r in rows if r["replicas"] == 2), None)
     best = max((r["samples_per_s"] for r in rows), default=0.0)
     targets = []
@@ -142,8 +166,12 @@ def main() -> None:
         targets.append(f"2 replicas / 1: {two / one:.2f} (target >= 1.8: {'met' if two / one >= 1.8 else 'NOT met'})")
     targets.append(f"best online / offline: {best / offline:.2f} (target >= 0.95: "
                    f"{'met' if best / offline >= 0.95 else 'NOT met'})")
+    targets.append(f"accelerator time hidden: {most} replicas at {args.hold_ms:g} ms / the same pool at 0 ms: "
+                   f"{best / instant:.2f} (the rest, {instant / offline:.2f} of offline, is serving on this machine's "
+                   "CPUs)")
     write_results(args.results, "replicas", lines, targets, hold_ms=args.hold_ms, offline_samples_per_s=offline,
-                  offline_cpu=offline_cpu, runs=rows)
+                  offline_cpu=offline_cpu, runs=rows, no_accelerator_time={"replicas": most, "samples_per_s": instant,
+                                                                           **instant_cpu})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def test_replicas_benchmark_scales_a_pool_of_accelerator_teachers(tmp_path, monk
     from benchmarks import replicas
 
     results = tmp_path / "replicas"
-    monkeypatch.setattr(sys, "argv", ["replicas", "--replicas", "1,2", "--epochs", "2", "--hold-ms", "30",
+    monkeypatch.setattr(sys, "argv", ["replicas", "--replicas", "1,2", "--epochs", "2", "--hold-ms", "30", "--repeats", "1",
                                       "--work", str(tmp_path / "work"), "--results", str(results)])
     replicas.main()
     out = json.loads(results.with_suffix(".json").read_text())
