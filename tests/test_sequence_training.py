@@ -162,3 +162,21 @@ def test_evaluate_scores_language_models_token_by_token(lm, tmp_path):
     assert "perplexity" in (tmp_path / "eval" / "report.html").read_text()
     exported = torch.jit.load(result["exports"]["torchscript"]["uri"])
     assert exported(torch.from_numpy(inputs[:2])).shape == (2, SEQ, vocab)
+
+
+def test_a_keras_language_model_teacher_is_served_and_teaches(lm, tmp_path, serve_teacher):
+    """The cross-framework case: a Keras (TensorFlow) transformer teacher, a PyTorch transformer student."""
+    from crossdistill.teacher.train_keras import TeacherTrainConfig, train_keras_teacher
+
+    out = str(tmp_path / "lm.keras")
+    trained = train_keras_teacher(TeacherTrainConfig(train=lm["data"], out=out, arch="transformer", hidden=[32],
+                                                     heads=2, epochs=4, lr=3e-3, batch_size=32, dropout=0.0))
+    assert trained["val_perplexity"] < trained["vocab_size"] / 4  # far better than a uniform guess
+    fingerprint = DatasetReader(lm["data"]).meta["vocab_fingerprint"]
+    assert trained["vocab_fingerprint"] == fingerprint
+    endpoint = serve_teacher(out, name="keras-lm")  # finds lm.keras.tokenizer.json beside the model
+    result = train_student(_student(lm["data"], tmp_path / "student", mode="online", epochs=1,
+                                    teacher={"url": endpoint.grpc, "top_k": 16, "fp16": True}))
+    assert result.finished and result.history[-1]["loss/soft"] < result.history[0]["loss/soft"]
+    with pytest.raises(ConfigError, match="the transformer is for text data"):
+        train_keras_teacher(TeacherTrainConfig(train=lm["data"], out=str(tmp_path / "x.keras"), arch="mlp"))

@@ -1,7 +1,10 @@
-"""The demo teacher: a Keras (TensorFlow backend) MLP or CNN trained by the teacher's owner on its data.
+"""The demo teacher: a Keras (TensorFlow backend) MLP or CNN trained by the teacher's owner on its data,
+or, on text data (import-data ``text=``), a decoder-only transformer language model.
 
 Inputs keep the library's layout ``(N, 1, H, W)`` float32 and the model ends in logits (no softmax),
-so the served teacher needs no conversion on either side of the wire.
+so the served teacher needs no conversion on either side of the wire. The language model reads int32
+token ids ``(N, seq_len)`` and answers next-token logits ``(N, seq_len, V)``; its tokenizer is saved
+beside it (``<out>.tokenizer.json``), where teacher-serve finds it and serves its vocabulary fingerprint.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pydantic import Field, field_validator
 
 from crossdistill import storage
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import Dataset, read_dataset
+from crossdistill.data.shards import Dataset, DatasetReader, read_dataset
 from crossdistill.errors import ConfigError, DataError
 
 
@@ -28,8 +31,11 @@ class TeacherTrainConfig(StrictConfig):
     val: str | None = Field(None, description="validation dataset URI; None = hold out val_fraction of train")
     val_fraction: float = Field(0.15, gt=0, lt=1)
     out: str = Field(..., description="where the .keras model is written (any URI, name ends in .keras)")
-    arch: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    arch: Literal["mlp", "cnn", "transformer"] = Field(
+        "mlp", description="mlp / cnn on x, y data; transformer (a causal language model) on text data")
+    hidden: list[int] = Field(default_factory=lambda: [256, 128], description="widths per layer; transformer: "
+                                                                              "the width of each block (all equal)")
+    heads: int = Field(4, ge=1, description="transformer: attention heads per block")
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -85,6 +91,10 @@ def train_keras_teacher(cfg: TeacherTrainConfig) -> dict[str, Any]:
     """
     if not cfg.out.endswith(".keras"):
         raise ConfigError(f"out={cfg.out!r}: a Keras model file must end in .keras")
+    text = DatasetReader(cfg.train).meta.get("kind") == "text"
+    if text != (cfg.arch == "transformer"):
+        raise ConfigError(f"arch={cfg.arch} on {cfg.train}: the transformer is for text data (import-data text=...), "
+                          "mlp and cnn for x, y data")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from crossdistill.teacher.adapters import _pin_tf_threads
@@ -92,6 +102,8 @@ def train_keras_teacher(cfg: TeacherTrainConfig) -> dict[str, Any]:
     _pin_tf_threads(cfg.threads)
     import keras
 
+    if text:
+        return _train_language_model(cfg)
     data = read_dataset(cfg.train, columns=["x", "y"])
     train, val = _split(data, cfg)
     num_classes = int(data.meta.get("num_classes") or int(data["y"].max()) + 1)
@@ -120,6 +132,80 @@ def train_keras_teacher(cfg: TeacherTrainConfig) -> dict[str, Any]:
             "val_examples": len(val), "num_parameters": int(model.count_params()), "train_seconds": seconds,
             "num_classes": num_classes, "num_outputs": len(label_map), "label_map": label_map,
             "input_shape": list(train["x"].shape[1:])}
+
+
+def build_language_model(seq_len: int, vocab_size: int, widths: list[int], heads: int, dropout: float = 0.0) -> Any:
+    """A causal transformer from int32 token ids ``(N, seq_len)`` to next-token logits ``(N, seq_len, V)``:
+    token + position embeddings, one pre-norm block (masked self-attention, GELU MLP) per width."""
+    import keras
+    from keras import layers, ops
+
+    dim = widths[0]
+    if any(w != dim for w in widths) or dim % heads:
+        raise ConfigError(f"transformer: hidden {widths} must be equal widths divisible by heads={heads}")
+    inp = keras.Input(shape=(seq_len,), dtype="int32", name="input")
+    positions = ops.cumsum(ops.ones_like(inp), axis=1) - 1
+    h = layers.Embedding(vocab_size, dim, name="tokens")(inp) + layers.Embedding(seq_len, dim, name="positions")(
+        positions)
+    for i in range(len(widths)):
+        a = layers.LayerNormalization(name=f"norm_attn_{i}")(h)
+        a = layers.MultiHeadAttention(heads, dim // heads, dropout=dropout, name=f"attn_{i}")(a, a,
+                                                                                             use_causal_mask=True)
+        h = layers.Add(name=f"residual_attn_{i}")([h, a])
+        f = layers.LayerNormalization(name=f"norm_mlp_{i}")(h)
+        f = layers.Dense(4 * dim, activation="gelu", name=f"mlp_in_{i}")(f)
+        f = layers.Dense(dim, name=f"mlp_out_{i}")(f)
+        if dropout:
+            f = layers.Dropout(dropout, name=f"dropout_{i}")(f)
+        h = layers.Add(name=f"residual_mlp_{i}")([h, f])
+    out = layers.Dense(vocab_size, name="logits")(layers.LayerNormalization(name="norm_out")(h))
+    return keras.Model(inp, out, name="teacher_transformer")
+
+
+def _train_language_model(cfg: TeacherTrainConfig) -> dict[str, Any]:
+    """The transformer on text rows: next-token cross-entropy over real tokens, held-out rows scored by
+    perplexity; the model and, beside it, the data's tokenizer."""
+    import keras
+
+    from crossdistill.data.text import next_token_pairs, tokenizer_uri
+
+    reader = DatasetReader(cfg.train)
+    rows = reader.to_dataset(["tokens", "length"])
+    inputs, targets, mask = next_token_pairs(rows["tokens"], rows["length"])
+    if cfg.val:
+        held = DatasetReader(cfg.val).to_dataset(["tokens", "length"])
+        val = next_token_pairs(held["tokens"], held["length"])
+        train = (inputs, targets, mask)
+    else:
+        perm = np.random.default_rng(cfg.seed).permutation(len(inputs))
+        cut = max(1, int(round(cfg.val_fraction * len(inputs))))
+        val = tuple(a[np.sort(perm[:cut])] for a in (inputs, targets, mask))
+        train = tuple(a[np.sort(perm[cut:])] for a in (inputs, targets, mask))
+    seq, vocab = int(reader.meta["seq_len"]), int(reader.meta["vocab_size"])
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_language_model(seq, vocab, cfg.hidden, cfg.heads, cfg.dropout)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    start = time.perf_counter()
+    model.fit(train[0].astype(np.int32), train[1], sample_weight=train[2].astype(np.float32),
+              batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=0, shuffle=True)
+    seconds = time.perf_counter() - start
+    logits = model.predict(val[0].astype(np.int32), batch_size=256, verbose=0).astype(np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    nll = -np.take_along_axis(logp, val[1][..., None], axis=-1)[..., 0][val[2]]
+    accuracy = float((logits.argmax(axis=-1) == val[1])[val[2]].mean())
+    with tempfile.TemporaryDirectory(prefix="crossdistill-teacher-") as tmp:
+        local = Path(tmp) / "model.keras"
+        model.save(local)
+        storage.write_bytes(f"{cfg.out}.tokenizer.json",
+                            storage.read_bytes(tokenizer_uri(reader.uris[0], reader.meta)))
+        storage.put_file(local, cfg.out)
+    return {"out": cfg.out, "val_perplexity": float(np.exp(nll.mean())), "val_next_token_accuracy": accuracy,
+            "val_tokens": int(val[2].sum()), "train_rows": len(train[0]), "val_rows": len(val[0]),
+            "num_parameters": int(model.count_params()), "train_seconds": seconds, "num_classes": vocab,
+            "vocab_size": vocab, "seq_len": seq, "vocab_fingerprint": reader.meta.get("vocab_fingerprint"),
+            "input_shape": [seq]}
 
 
 def _split(data: Dataset, cfg: TeacherTrainConfig) -> tuple[Dataset, Dataset]:
