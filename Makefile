@@ -10,9 +10,10 @@ PIP    := $(PY) -m pip
 # The CPU build of torch; on a GPU node install the CUDA build of the same version instead.
 TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/demo
+LM_RUN_DIR ?= runs/lm-demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-mlserver run test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency bench-replicas bench-data-parallel bench-token-bytes clean
+.PHONY: help venv venv-mlserver run run-lm test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency bench-replicas bench-data-parallel bench-token-bytes clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,6 +37,9 @@ venv-mlserver: $(MLSERVER_VENV)/.installed  ## MLServer in .venv-mlserver (tests
 
 run: venv  ## the main job: distil a Keras teacher into a PyTorch student over gRPC on digits
 	$(VENV)/bin/crossdistill demo --out $(RUN_DIR)
+
+run-lm: venv  ## language models: a Keras transformer teaches a PyTorch one token by token (Python's own source as text)
+	$(VENV)/bin/crossdistill lm-demo --out $(LM_RUN_DIR)
 
 test: venv  ## all tests (slow end-to-end cases included)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -58,11 +58,13 @@ STEPS: dict[str, Step] = {
                           "multi-teacher: the shipped specialists-plus-generalist scenario, end to end"),
     "demo": Step("crossdistill.demo", "DemoConfig", "run_demo",
                  "the main job: a Keras teacher in its own process teaches a PyTorch student over gRPC"),
+    "lm-demo": Step("crossdistill.lm_demo", "LMDemoConfig", "run_lm_demo",
+                    "a Keras transformer language model teaches a PyTorch one token by token (make run-lm)"),
 }
 
 
 # Steps that print their own table and write their results to files: no JSON dump after them.
-SELF_REPORTING = {"demo", "multi-teacher", "import-data"}
+SELF_REPORTING = {"demo", "lm-demo", "multi-teacher", "import-data"}
 
 
 def resolve(step: str) -> tuple[type[StrictConfig], Any]:
