@@ -9,7 +9,7 @@ mode writes for those answers (``output_columns`` -> ``DatasetWriter``) per toke
 32,000 entries <= 1/1000 of dense FP32 on the wire. Prints a table, writes ``<results>.json`` / ``.md``;
 asserts nothing.
 
-    .venv/bin/python -m benchmarks.token_bytes [--vocab 4096,32000] [--k 1,8,32,128]
+    .venv/bin/python -m benchmarks.token_bytes [--vocab 2048,32000] [--k 1,8,32,128]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _disk_bytes(out: Any, work: Path, name: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vocab", default="4096,32000", help="vocabulary sizes, comma-separated")
+    parser.add_argument("--vocab", default="2048,32000", help="vocabulary sizes, comma-separated (2,048: make run-lm's)")
     parser.add_argument("--k", default="1,8,32,128", help="top-k sizes, comma-separated")
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
