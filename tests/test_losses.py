@@ -274,7 +274,8 @@ def test_weighted_loss_sums_named_terms_and_reports_each():
 
 
 def test_topk_indices_take_the_smallest_type_that_holds_the_classes_over_any_leading_axes():
-    from crossdistill.teacher.protocol import index_dtype, topk_logprobs
+    from crossdistill.data.shards import index_dtype
+    from crossdistill.teacher.protocol import topk_logprobs
 
     assert index_dtype(10) == np.uint16 and index_dtype(65_536) == np.uint16 and index_dtype(65_537) == np.int32
     rng = np.random.default_rng(0)

@@ -36,7 +36,7 @@ import numpy as np
 
 from crossdistill import storage
 from crossdistill.data.formats import Reader
-from crossdistill.data.shards import DatasetWriter
+from crossdistill.data.shards import DatasetWriter, index_dtype
 from crossdistill.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ PAD_TOKEN = "<|pad|>"
 # What a given tokenizer's end-of-text / padding token is called, tried in this order when not named.
 EOS_NAMES = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 PAD_NAMES = (PAD_TOKEN, "<pad>", "[PAD]", "<|padding|>")
-UINT16_IDS = 1 << 16
 ROW_GROUP_BYTES = 4 << 20  # a row group of token rows holds about this much
 
 
@@ -156,11 +155,6 @@ def special_ids(tokenizer: Tokenizer, eos_token: str | None, pad_token: str | No
                         f"eos_token= to one of its special tokens {_specials(tokenizer)}")
     pad = find(pad_token, PAD_NAMES, "padding") or eos
     return eos[0], eos[1], pad[0], pad[1]
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every id of a ``vocab_size`` vocabulary fits (ids below 65,536), else int32."""
-    return np.dtype(np.uint16 if vocab_size <= UINT16_IDS else np.int32)
 
 
 def _encoder(tokenizer: Tokenizer) -> Any:
@@ -297,7 +291,7 @@ def write_text(reader: Reader, codes: np.ndarray, outputs: list[Output], *, home
     eos, eos_id, pad, pad_id = special_ids(tok, eos_token, pad_token, where)
     vocab = tok.get_vocab(with_added_tokens=True)
     size = max(vocab.values()) + 1 if vocab else 0
-    dtype = token_dtype(size)
+    dtype = index_dtype(size)
     result = TextResult(outputs, storage.join(home, TOKENIZER_FILE), tokenizer is None, size, eos_id, pad_id,
                         dtype.name, vocab_fingerprint(vocab))
     width = seq_len + 1

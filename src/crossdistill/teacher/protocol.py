@@ -6,7 +6,7 @@ log-probabilities), ``fp16`` (bool, halves the logits on the wire), ``layers`` (
 names of intermediate layers to return). Response: ``ids`` echoed, then ``logits`` (``[B, C]``), or
 ``topk_logprobs`` + ``topk_indices`` (``[B, k]``: log-softmax(z / T) of the k largest classes, so the
 student knows exactly how much probability mass lies outside the top k; the indices in the smallest
-type that holds every class, :func:`index_dtype`: UINT16 up to 65,536 classes, INT32 above), and
+type that holds every class, :func:`~crossdistill.data.shards.index_dtype`: UINT16 up to 65,536 classes, INT32 above), and
 ``layer/<name>`` per requested layer. Any OIP server that returns ``logits`` (``[B, C]``, FP32/FP64/FP16) for ``input``
 (Triton, MLServer, ...) can teach in dense mode: the client pairs an answer with its request, and
 checks the ``ids`` echo (``[B]`` or ``[B, 1]``) only when the server sends one.
@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from crossdistill.data.shards import index_dtype
 
 INPUT = "input"
 IDS = "ids"
@@ -58,13 +60,6 @@ class TeacherOutput:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def index_dtype(num_classes: int) -> np.dtype:
-    """The smallest index type for ``num_classes`` classes (or vocabulary entries): uint16 while every index
-    fits in it (up to 65,536 entries), else int32. At 10 classes and top-5 this keeps top-k (5 x 2 bytes of
-    index + 5 x 4 of log-probability) smaller than dense FP32 logits (40 bytes); INT64 indices did not."""
-    return np.dtype(np.uint16) if num_classes <= 1 << 16 else np.dtype(np.int32)
 
 
 def topk_logprobs(logits: np.ndarray, k: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from crossdistill.config import StrictConfig
-from crossdistill.data.shards import DatasetReader, DatasetWriter, Fragment
+from crossdistill.data.shards import DatasetReader, DatasetWriter, Fragment, index_dtype
 from crossdistill.errors import DataError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.client import TeacherClientConfig, check_url
@@ -142,7 +142,7 @@ def _empty_columns(cfg: PseudoLabelConfig, server: dict[str, Any]) -> dict[str, 
     else:
         cols[P.TOPK_LOGPROBS] = np.zeros((0, cfg.top_k), np.float32)
         width = int(server.get("num_classes") or 0)
-        cols[P.TOPK_INDICES] = np.zeros((0, cfg.top_k), P.index_dtype(width) if width else np.int64)
+        cols[P.TOPK_INDICES] = np.zeros((0, cfg.top_k), index_dtype(width) if width else np.int64)
     for name in cfg.layers:
         shape = (server.get("layers") or {}).get(name) or [-1, 0]
         cols[P.LAYER_PREFIX + name] = np.zeros((0, *[max(int(d), 0) for d in shape[1:]]), np.float32)

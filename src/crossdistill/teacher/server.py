@@ -42,6 +42,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from crossdistill.data.shards import index_dtype
 from crossdistill.errors import CrossdistillError, ModelFormatError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.adapters import TeacherAdapter, first_line, load_teacher
@@ -301,7 +302,7 @@ class TeacherModel(kserve.Model):
         outs = [{"name": P.IDS, "datatype": "INT64", "shape": [-1]},
                 {"name": P.LOGITS, "datatype": "FP32", "shape": [-1, *per, c]},
                 {"name": P.TOPK_LOGPROBS, "datatype": "FP32", "shape": [-1, *per, -1]},
-                {"name": P.TOPK_INDICES, "datatype": _DATATYPES[P.index_dtype(c if c > 0 else 1 << 17)],
+                {"name": P.TOPK_INDICES, "datatype": _DATATYPES[index_dtype(c if c > 0 else 1 << 17)],
                  "shape": [-1, *per, -1]}]
         outs += [{"name": P.LAYER_PREFIX + n, "datatype": "FP32", "shape": s} for n, s in self._layer_shapes.items()]
         return outs
