@@ -117,15 +117,15 @@ def test_token_ids_outside_the_vocabulary_are_refused_with_the_position(small):
 
 def test_a_different_vocabulary_is_refused_at_connect(small, tmp_path):
     with _client(small["endpoint"]) as client:
-        check_vocabulary(client, small["endpoint"].grpc, small["fingerprint"], "my-text")  # the same: fine
+        check_vocabulary(client.metadata(), small["endpoint"].grpc, small["fingerprint"], "my-text")  # the same: fine
         with pytest.raises(ConfigError) as err:
-            check_vocabulary(client, small["endpoint"].grpc, "0" * 64, "my-text")
+            check_vocabulary(client.metadata(), small["endpoint"].grpc, "0" * 64, "my-text")
     said = str(err.value)
     assert small["fingerprint"] in said and "0" * 64 in said and "my-text" in said
     bare, _, _ = _teacher(tmp_path, 50, with_tokenizer=False)
     with open_teacher(TeacherClientConfig(url=f"inprocess:{bare}")) as teacher, \
             pytest.raises(ConfigError, match="no vocabulary fingerprint"):
-        check_vocabulary(teacher, bare, "0" * 64, "my-text")
+        check_vocabulary(teacher.metadata(), bare, "0" * 64, "my-text")
 
 
 def test_the_inprocess_teacher_answers_per_position_too(small):

@@ -106,6 +106,13 @@ def test_a_student_of_another_vocabulary_is_refused_before_any_step(lm):
     mine, theirs = DatasetReader(str(other)).meta["vocab_fingerprint"], DatasetReader(lm["data"]).meta["vocab_fingerprint"]
     assert mine in str(err.value) and theirs in str(err.value)
     assert not (lm["root"] / "refused" / "checkpoints").exists()
+    soft = str(lm["root"] / "soft")  # the teacher's stored top-k: the same check, from their meta
+    if not os.path.exists(soft):
+        run_pseudo_label(PseudoLabelConfig(data=lm["data"], teacher_url=lm["endpoint"].grpc, top_k=8, out=soft,
+                                           progress=False))
+    with pytest.raises(ConfigError) as err:
+        train_student(_student(str(other), lm["root"] / "refused", mode="offline", soft_labels=soft))
+    assert mine in str(err.value) and theirs in str(err.value) and "soft labels" in str(err.value)
 
 
 def test_a_killed_sequence_run_resumes_to_the_same_weights(lm, tmp_path):

@@ -93,7 +93,7 @@ def evaluate_language(cfg: Any, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
     if cfg.teacher is not None:
         teacher = open_teacher(cfg.teacher.model_copy(update={"top_k": 0, "layers": []}))
         teacher.wait_ready(cfg.teacher_ready_timeout_s)
-        check_vocabulary(teacher, cfg.teacher.url, str(fingerprint), cfg.test_data)
+        check_vocabulary(teacher.metadata(), cfg.teacher.url, str(fingerprint), cfg.test_data)
     teacher_tally = _Tally()
     rows = 0
     try:

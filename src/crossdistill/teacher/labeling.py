@@ -13,7 +13,7 @@ inputs and answers, whatever the size of the dataset.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -41,13 +41,14 @@ class Teacher(Protocol):
     def stream(self, batches: Iterable[tuple[np.ndarray, Any, T]]) -> Iterator[tuple[TeacherOutput, T]]: ...
 
 
-def check_vocabulary(teacher: Teacher, name: str, fingerprint: str, where: str) -> None:
-    """Stop at connect unless ``teacher`` (called ``name`` in the message, e.g. its URL) has the vocabulary
-    (its metadata's ``vocab_fingerprint``) that ``where`` (the student's data) was tokenized with: with
-    another vocabulary a token id means another token on each side, and distillation would teach nonsense."""
-    theirs = teacher.metadata().get("vocab_fingerprint")
+def check_vocabulary(meta: Mapping[str, Any], name: str, fingerprint: str, where: str) -> None:
+    """Stop before the first request unless a teacher (``meta``: its metadata, or the meta of soft labels it
+    wrote; ``name``: e.g. its URL) has the vocabulary (``vocab_fingerprint``) that ``where`` (the student's
+    data) was tokenized with: with another vocabulary a token id means another token on each side, and
+    distillation would teach nonsense."""
+    theirs = meta.get("vocab_fingerprint")
     if theirs != fingerprint:
-        said = f"vocabulary {theirs}" if theirs else "no vocabulary fingerprint (serve it with its tokenizer)"
+        said = f"vocabulary {theirs}" if theirs else "no vocabulary fingerprint (no tokenizer beside its model)"
         raise ConfigError(f"teacher {name} has {said} but {where} was tokenized with vocabulary {fingerprint}: "
                           "teacher and student must share one tokenizer")
 

@@ -83,7 +83,8 @@ def run_pseudo_label(cfg: PseudoLabelConfig) -> str:
         teacher.wait_ready(cfg.ready_timeout_s)
         server_meta = teacher.metadata()
         if reader.meta.get("kind") == "text":  # token ids mean the same tokens on both sides, or nothing
-            check_vocabulary(teacher, cfg.teacher_url, str(reader.meta.get("vocab_fingerprint")), reader.description)
+            check_vocabulary(server_meta, cfg.teacher_url, str(reader.meta.get("vocab_fingerprint")),
+                             reader.description)
         specialist = _label_map_meta(cfg, server_meta.get("num_classes"), reader.meta.get("num_classes"))
         meta = _meta(cfg, reader, fragments, server_meta, specialist)
         bounds = _shard_ends(fragments, cfg.out_shards)

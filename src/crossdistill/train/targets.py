@@ -130,10 +130,8 @@ class StoredSoftLabels:
         if class_names is not None:
             self.remap = _Remap(teacher_order(class_names, reader.meta.get("class_names"), width,
                                               f"soft labels {where}"))
-        elif vocabulary is not None and reader.meta.get("vocab_fingerprint") != vocabulary[0]:
-            raise ConfigError(f"soft labels {where} come from a teacher of vocabulary "
-                              f"{reader.meta.get('vocab_fingerprint')} but {vocabulary[1]} was tokenized with "
-                              f"vocabulary {vocabulary[0]}: teacher and student must share one tokenizer")
+        elif vocabulary is not None:
+            check_vocabulary(reader.meta, f"of the soft labels {where}", *vocabulary)
         self.layers = list(dict.fromkeys(layers))
         for name in self.layers:
             if LAYER_PREFIX + name not in spec:
@@ -202,7 +200,7 @@ class LiveTeacher:
             client.wait_ready(self.cfg.deadline_s)  # a teacher still starting (or restarting) is waited for
             self.meta = client.metadata()
             if class_names is None and vocabulary is not None:
-                check_vocabulary(client, self.cfg.url, *vocabulary)
+                check_vocabulary(self.meta, self.cfg.url, *vocabulary)
         self.num_classes = len(class_names) if class_names is not None else int(self.meta.get("num_classes") or 0)
         self.remap: _Remap | None = None
         if class_names is not None:
