@@ -342,10 +342,15 @@ def write_text(reader: Reader, codes: np.ndarray, outputs: list[Output], *, home
     return result
 
 
+def model_inputs(tokens: np.ndarray) -> np.ndarray:
+    """What a language model reads of packed rows ``[B, L+1]``: tokens 0..L-1 (the last is only ever a target)."""
+    return tokens[:, :-1]
+
+
 def next_token_pairs(tokens: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A batch of packed rows ``[B, L+1]`` as a language model sees it: inputs ``[B, L]`` (tokens 0..L-1),
     next-token targets ``[B, L]`` (tokens 1..L) and the mask of positions whose target is a real token
     (position t counts when t + 1 < the row's ``length``): padding is never a target."""
     tokens = np.asarray(tokens, dtype=np.int64)
     positions = np.arange(tokens.shape[1] - 1)
-    return tokens[:, :-1], tokens[:, 1:], positions[None, :] < (np.asarray(length).reshape(-1, 1) - 1)
+    return model_inputs(tokens), tokens[:, 1:], positions[None, :] < (np.asarray(length).reshape(-1, 1) - 1)

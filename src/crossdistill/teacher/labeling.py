@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from crossdistill.data.preprocess import Preprocessor, input_column
 from crossdistill.data.shards import DatasetReader, Fragment
+from crossdistill.data.text import model_inputs
 from crossdistill.errors import ConfigError, TeacherResponseError
 from crossdistill.teacher import protocol as P
 from crossdistill.teacher.colocated import StoredTeacher, open_teacher
@@ -124,8 +125,8 @@ def label_dataset(teacher: Teacher, reader: DatasetReader, fragments: Sequence[F
             cols = reader.read(frag, wanted)
             ids = cols["id"]
             x = prep(cols) if needs_inputs and len(ids) else None
-            if x is not None and text:  # a packed row's last token is only ever a target: the model reads 0..L-1
-                x = x[:, :-1]
+            if x is not None and text:
+                x = model_inputs(x)
             starts = range(0, len(ids), batch_size)
             pending[k] = _Pending(frag, ids, {c: cols[c] for c in columns}, None if x is None else x.shape[1:],
                                   len(starts))

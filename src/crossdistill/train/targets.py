@@ -21,6 +21,7 @@ import torch
 from crossdistill.data.classes import teacher_order
 from crossdistill.data.shards import DatasetReader
 from crossdistill.data.stream import Batch
+from crossdistill.data.text import model_inputs
 from crossdistill.errors import ConfigError, DataError, TeacherResponseError
 from crossdistill.losses.topk import teacher_probs_at
 from crossdistill.teacher.client import TeacherClientConfig
@@ -239,7 +240,7 @@ class LiveTeacher:
         groups = (list(enumerate(g, start=i * self.rpc_batches)) for i, g in
                   enumerate(_grouped(batches, self.rpc_batches)))
         requests = ((np.concatenate([b.ids for _, b in g]),
-                     np.concatenate([b.x[:, :-1] if self.tokens else b.x for _, b in g]), g) for g in groups)
+                     np.concatenate([model_inputs(b.x) if self.tokens else b.x for _, b in g]), g) for g in groups)
         pending: dict[int, tuple[Batch, Targets]] = {}
         expected = 0
         stream = client.stream(requests)
