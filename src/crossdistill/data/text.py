@@ -354,3 +354,12 @@ def next_token_pairs(tokens: np.ndarray, length: np.ndarray) -> tuple[np.ndarray
     tokens = np.asarray(tokens, dtype=np.int64)
     positions = np.arange(tokens.shape[1] - 1)
     return model_inputs(tokens), tokens[:, 1:], positions[None, :] < (np.asarray(length).reshape(-1, 1) - 1)
+
+
+def next_token_scores(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scoring a language model (numpy, no framework): the negative log-likelihood of each position's target
+    under ``logits`` ``[B, T, V]`` (float64 ``[B, T]``) and the argmax per position; the caller masks padding."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], logits.argmax(axis=-1)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from crossdistill.data.shards import DatasetReader
-from crossdistill.data.text import next_token_pairs
+from crossdistill.data.text import next_token_pairs, next_token_scores
 from crossdistill.errors import ConfigError, ModelFormatError
 from crossdistill.evaluate import latency as L
 from crossdistill.teacher.labeling import check_vocabulary
@@ -37,11 +37,7 @@ class _Tally:
 
     def add(self, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray, teacher: np.ndarray | None) -> np.ndarray:
         """Count one batch (``logits`` ``[B, T, V]``); returns the argmax per position."""
-        z = logits.astype(np.float64)
-        z -= z.max(axis=-1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-        nll = -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        pred = logits.argmax(axis=-1)
+        nll, pred = next_token_scores(logits, targets)
         self.tokens += int(mask.sum())
         self.nll += float(nll[mask].sum())
         self.correct += int((pred == targets)[mask].sum())

@@ -167,7 +167,7 @@ def _train_language_model(cfg: TeacherTrainConfig) -> dict[str, Any]:
     perplexity; the model and, beside it, the data's tokenizer."""
     import keras
 
-    from crossdistill.data.text import next_token_pairs, tokenizer_uri
+    from crossdistill.data.text import next_token_pairs, next_token_scores, tokenizer_uri
 
     reader = DatasetReader(cfg.train)
     rows = reader.to_dataset(["tokens", "length"])
@@ -190,19 +190,20 @@ def _train_language_model(cfg: TeacherTrainConfig) -> dict[str, Any]:
     model.fit(train[0].astype(np.int32), train[1], sample_weight=train[2].astype(np.float32),
               batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=0, shuffle=True)
     seconds = time.perf_counter() - start
-    logits = model.predict(val[0].astype(np.int32), batch_size=256, verbose=0).astype(np.float64)
-    logits -= logits.max(axis=-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    nll = -np.take_along_axis(logp, val[1][..., None], axis=-1)[..., 0][val[2]]
-    accuracy = float((logits.argmax(axis=-1) == val[1])[val[2]].mean())
+    nll_sum, correct = 0.0, 0
+    for s in range(0, len(val[0]), 256):  # scored a slice at a time: the logits of all of val would not fit
+        inputs, targets, mask = (a[s:s + 256] for a in val)
+        nll, pred = next_token_scores(model.predict(inputs.astype(np.int32), verbose=0), targets)
+        nll_sum, correct = nll_sum + float(nll[mask].sum()), correct + int((pred == targets)[mask].sum())
+    tokens = int(val[2].sum())
     with tempfile.TemporaryDirectory(prefix="crossdistill-teacher-") as tmp:
         local = Path(tmp) / "model.keras"
         model.save(local)
         storage.write_bytes(f"{cfg.out}.tokenizer.json",
                             storage.read_bytes(tokenizer_uri(reader.uris[0], reader.meta)))
         storage.put_file(local, cfg.out)
-    return {"out": cfg.out, "val_perplexity": float(np.exp(nll.mean())), "val_next_token_accuracy": accuracy,
-            "val_tokens": int(val[2].sum()), "train_rows": len(train[0]), "val_rows": len(val[0]),
+    return {"out": cfg.out, "val_perplexity": float(np.exp(nll_sum / tokens)),
+            "val_next_token_accuracy": correct / tokens, "val_tokens": tokens, "train_rows": len(train[0]), "val_rows": len(val[0]),
             "num_parameters": int(model.count_params()), "train_seconds": seconds, "num_classes": vocab,
             "vocab_size": vocab, "seq_len": seq, "vocab_fingerprint": reader.meta.get("vocab_fingerprint"),
             "input_shape": [seq]}
