@@ -39,10 +39,14 @@ def _pooled(cfg: TeacherServeConfig) -> bool:
     return (cfg.max_replicas or cfg.replicas) > 1
 
 
+def _pool_name(name: str) -> str:
+    return f"{name}-pool"
+
+
 def pool_service(cfg: TeacherServeConfig) -> dict[str, Any]:
     """The headless Service over the predictor's pods (selected by the labels the predictor gives them)."""
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": f"{cfg.name}-pool", "namespace": cfg.namespace, "labels": k8s.labels(cfg)},
+            "metadata": {"name": _pool_name(cfg.name), "namespace": cfg.namespace, "labels": k8s.labels(cfg)},
             "spec": {"type": "ClusterIP", "clusterIP": "None", "selector": k8s.selector(cfg),
                      "ports": [{"name": "grpc", "port": k8s.GRPC_PORT, "targetPort": k8s.GRPC_PORT,
                                 "protocol": "TCP", "appProtocol": "grpc"}]}}
@@ -109,7 +113,7 @@ def endpoint(cfg: TeacherServeConfig, live: dict[str, Any] | None = None,
     host = f"{cfg.name}-predictor.{cfg.namespace}.svc.cluster.local"
     http = ((live or {}).get("status") or {}).get("address", {}).get("url") or f"http://{host}"
     if _pooled(cfg):
-        return Endpoint(name=cfg.name, grpc=f"dns:///{cfg.name}-pool.{cfg.namespace}.svc.cluster.local:"
+        return Endpoint(name=cfg.name, grpc=f"dns:///{_pool_name(cfg.name)}.{cfg.namespace}.svc.cluster.local:"
                         f"{k8s.GRPC_PORT}", http=http, model_name=cfg.model_name, backend="kserve",
                         namespace=cfg.namespace)
     grpc_port = k8s.GRPC_PORT
@@ -138,7 +142,7 @@ def teardown(cfg: TeacherTeardownConfig | TeacherServeConfig, client: Any = None
     cfg = TeacherTeardownConfig.of(cfg)
     isvc = {"apiVersion": API_VERSION, "kind": "InferenceService",
             "metadata": {"name": cfg.name, "namespace": cfg.namespace}}
-    pool = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"{cfg.name}-pool", "namespace": cfg.namespace}}
+    pool = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": _pool_name(cfg.name), "namespace": cfg.namespace}}
     k8s.delete_objects(client or k8s.api_client(), [isvc, pool])
 
 

@@ -341,9 +341,10 @@ def _train(cfg: StudentTrainConfig, par: Parallel) -> TrainResult:
                          labeled_only=cfg.mode == "hard" and not text, num_workers=cfg.num_workers,
                          preprocess=cfg.preprocess, rank=par.rank, world=par.world)
     if stream.num_rows == 0 and par.world > 1:
-        raise DataError(f"{where}: rank {par.rank} of {par.world} gets no rows: its "
-                        f"{len(stream.reader.fragments)} row group(s) cannot be shared by {par.world} ranks "
-                        "(write it with smaller row groups, or use fewer workers)")
+        what = "labeled rows" if cfg.mode == "hard" and not text else "rows"
+        raise DataError(f"{where}: rank {par.rank} of {par.world} gets no {what} to train on (its "
+                        f"{stream.reader.num_examples} rows in {len(stream.reader.fragments)} row group(s) are too few "
+                        f"for {par.world} ranks): use fewer workers")
     if stream.num_rows == 0:
         raise DataError(f"mode=hard but {where} has no labeled example (all y = -1)" if cfg.mode == "hard"
                         else f"{where} holds no examples")
