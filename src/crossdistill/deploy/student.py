@@ -41,7 +41,9 @@ def run_local_ranks(workers: int, config_uri: str) -> None:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     args = ["-m", "crossdistill.cli", "student-train", "--config", config_uri]
     log.info("starting %d student-train ranks on this machine: %s %s", workers, sys.executable, " ".join(args))
-    threads = os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ours = "OMP_NUM_THREADS" not in os.environ  # torchrun's default for several ranks, unless the user set one
+    if ours:
+        os.environ["OMP_NUM_THREADS"] = "1"
     try:
         elastic_launch(launch, sys.executable)(*args)
     except ChildFailedError as exc:
@@ -49,8 +51,8 @@ def run_local_ranks(workers: int, config_uri: str) -> None:
         raise TrainingJobError(f"student-train with {workers} ranks failed: {failed}; the rank's error is in the "
                                "output above. A rerun with the same out resumes from the last checkpoint") from None
     finally:
-        if threads == "1" and os.environ.get("OMP_NUM_THREADS") == "1":
-            os.environ.pop("OMP_NUM_THREADS")
+        if ours:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def run_student_train(cfg: StudentTrainConfig) -> TrainResult:
