@@ -47,13 +47,40 @@ PINNED = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREAD
           "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
 SERVER_THREADS = 1  # intra-op threads of the served teacher (TeacherServeConfig.workers_threads)
 SERVER_POOL = 4  # forwards the server runs at once: its pool is max(4, workers_threads) (teacher/server.py)
-ORDER = ("a", "b", "b+", "c", "s", "s+", "i")  # one repeat; TLS runs next to their plain twins
+BASE_ORDER = ("a", "b", "b+", "c", "s", "s+", "i")  # one repeat; TLS runs next to their plain twins
+TEACHER_SIDE = ("i",)  # setups that run on the teacher's CPUs (with --pin); every other child is the student's
+
+
+def order(args: argparse.Namespace) -> tuple[str, ...]:
+    """One repeat's setups: the base seven, then (s) and (i) again at each ``--sweep-rows`` request size."""
+    return BASE_ORDER + tuple(f"{s}@{n}" for n in args.sweep_rows for s in ("s", "i"))
+
+
+def cpu_sides(pin: bool) -> dict[str, list[int]]:
+    """The CPUs of the student's side and the teacher's side: with ``pin``, the first and second half of this
+    process's CPUs (two nodes in one machine); without, all of them for both."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return {"student": cpus, "teacher": cpus}
+    half = len(cpus) // 2
+    return {"student": cpus[:half], "teacher": cpus[half:]}
+
+
+def pin_process(pid: int, cpus: list[int]) -> None:
+    """Move every thread of process ``pid`` onto ``cpus`` (threads it starts later inherit the set)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
 
 
 def _names(args: argparse.Namespace) -> dict[str, str]:
     remote = f"{args.in_flight} in flight x {args.rpc_batches} batches"
     load = f"{args.load_in_flight} in flight x {args.batch_size * args.rpc_batches} rows"
-    return {"a": "(a) co-located teacher, sequential",
+    sweep = {f"s@{n}": f"(s) at {n} rows per request" for n in args.sweep_rows}
+    sweep |= {f"i@{n}": f"(i) at {n} rows per call" for n in args.sweep_rows}
+    return sweep | {"a": "(a) co-located teacher, sequential",
             "b": f"(b) remote over gRPC, {remote}",
             "b+": "(b+) = (b) with TLS + token",
             "c": "(c) offline, precomputed soft labels",
@@ -74,6 +101,14 @@ RATIOS: list[tuple[str, Callable[[dict[str, float]], float], str, Callable[[floa
     ("1 - s+/s: TLS + token cost, served", lambda r: 1 - r["s+"] / r["s"], "<= 0.05", lambda v: v <= 0.05),
     ("1 - s+/s per teacher CPU-second", lambda r: 1 - r["s+ cpu"] / r["s cpu"], "(info)", lambda v: True),
 ]
+
+
+def ratios_of(args: argparse.Namespace) -> list[tuple[str, Callable[[dict[str, float]], float], str,
+                                                   Callable[[float], bool]]]:
+    """RATIOS, plus the serving overhead at each ``--sweep-rows`` request size (same target as s/i)."""
+    sweep = [(f"s/i at {n} rows per request", lambda r, n=n: r[f"s@{n}"] / r[f"i@{n}"], ">= 0.9",
+              lambda v: v >= 0.9) for n in args.sweep_rows]
+    return RATIOS[:4] + sweep + RATIOS[4:]
 
 
 # ------------------------------------------------------------------------------- child processes
@@ -117,14 +152,19 @@ def _train(setup: str, args: argparse.Namespace) -> dict:
             "samples_per_s": steady, "wall_samples_per_s": result.samples_seen / seconds}
 
 
-def _requests(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    """(ids, x) requests of (b)'s size (batch x rpc_batches rows) cycling over the data for ``load_seconds``."""
+def _request_rows(setup: str, args: argparse.Namespace) -> int:
+    """Rows per request of a teacher-alone setup: (b)'s size (batch x rpc_batches), or the sweep's ``@N``."""
+    return int(setup.partition("@")[2] or args.batch_size * args.rpc_batches)
+
+
+def _requests(setup: str, args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """(ids, x) requests of the setup's size cycling over the data for ``load_seconds``."""
     import numpy as np
 
     from crossdistill.data import read_dataset
 
     ds = read_dataset(args.data)
-    rows = args.batch_size * args.rpc_batches
+    rows = _request_rows(setup, args)
     index = np.arange(math.lcm(rows, len(ds.ids))) % len(ds.ids)
     x = ds["x"].astype(np.float32)
     ready = [(ds.ids[i], x[i]) for i in np.split(index, len(index) // rows)]  # sliced before the clock starts
@@ -165,7 +205,7 @@ def _serve_load(setup: str, args: argparse.Namespace) -> dict:
         client.wait_ready(60.0)
         start = time.perf_counter()
         stamps = [(time.perf_counter(), cpu(), rows) for _, rows in
-                  client.stream((i, x, len(i)) for i, x in _requests(args))]
+                  client.stream((i, x, len(i)) for i, x in _requests(setup, args))]
     return _steady(setup, stamps, start, args.load_seconds / 5)
 
 
@@ -175,7 +215,7 @@ def _in_process(setup: str, args: argparse.Namespace) -> dict:
     from crossdistill.teacher.adapters import load_teacher
 
     adapter = load_teacher(args.teacher, threads=SERVER_THREADS)
-    requests = _requests(args)
+    requests = _requests(setup, args)
     adapter.predict(next(requests)[1][:1])  # the server probes its model once before serving, too
     stamps, queued = [], deque()
     with ThreadPoolExecutor(max_workers=SERVER_POOL) as pool:
@@ -194,7 +234,9 @@ CHILDREN = {"a": _train, "b": _train, "b+": _train, "c": _train, "s": _serve_loa
 
 
 def _child(setup: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", setup, "--child-args", json.dumps(vars(args))]
+    side = "teacher" if setup.partition("@")[0] in TEACHER_SIDE else "student"
+    cmd = [sys.executable, __file__, "--child", setup, "--child-cpus", ",".join(map(str, args.cpus[side])),
+           "--child-args", json.dumps(vars(args))]
     out = subprocess.run(cmd, env={**os.environ, **PINNED}, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"setup {setup} failed:\n{out.stderr[-3000:]}")
@@ -283,11 +325,13 @@ def _measure(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
         # the local backend's pid files (<workdir>/<name>.pid): (s) reads the server's CPU time from /proc
         args.pid, args.secure_pid = (int((Path(common["workdir"]) / f"{c.name}.pid").read_text())
                                      for c in (plain, secure))
+        for pid in (args.pid, args.secure_pid):
+            pin_process(pid, args.cpus["teacher"])
         args.soft_labels = run_pseudo_label(PseudoLabelConfig(
             data=args.data, teacher_url=args.endpoint, out=str(work / "soft"), progress=False))
         repeats = []
         for n in range(args.repeats):
-            repeats.append({s: _child(s, args) for s in ORDER})
+            repeats.append({s: _child(s, args) for s in order(args)})
             print(f"repeat {n + 1}/{args.repeats}: " + ", ".join(f"{s} {r['samples_per_s']:.0f}"
                                                                 for s, r in repeats[-1].items()), flush=True)
         wire = _wire_bytes(args.endpoint, args.data, args.batch_size)
@@ -302,12 +346,13 @@ def _measure(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 def _report(args: argparse.Namespace, repeats: list[dict], wire: list[dict], load: dict[str, float]) -> dict:
     """Print the table and return the results (everything the JSON holds)."""
     names = _names(args)
-    rates = {s: [r[s]["samples_per_s"] for r in repeats] for s in ORDER}
-    walls = {s: [r[s]["seconds"] for r in repeats] for s in ORDER}
+    setups = order(args)
+    rates = {s: [r[s]["samples_per_s"] for r in repeats] for s in setups}
+    walls = {s: [r[s]["seconds"] for r in repeats] for s in setups}
     ratios = {}
-    cpu = {s: [r[s]["samples_per_cpu_s"] for r in repeats] for s in ORDER if "samples_per_cpu_s" in repeats[0][s]}
-    for label, fn, target, met in RATIOS:
-        values = [fn({s: r[s]["samples_per_s"] for s in ORDER} | {f"{s} cpu": r[s]["samples_per_cpu_s"] for s in cpu})
+    cpu = {s: [r[s]["samples_per_cpu_s"] for r in repeats] for s in setups if "samples_per_cpu_s" in repeats[0][s]}
+    for label, fn, target, met in ratios_of(args):
+        values = [fn({s: r[s]["samples_per_s"] for s in setups} | {f"{s} cpu": r[s]["samples_per_cpu_s"] for s in cpu})
                   for r in repeats]
         ratios[label] = {"median": statistics.median(values), "per_repeat": values, "target": target,
                          "met": met(statistics.median(values))}
@@ -317,23 +362,27 @@ def _report(args: argparse.Namespace, repeats: list[dict], wire: list[dict], loa
     print(f"threads: 1 per framework per process (torch, TF intra/inter-op, OMP); teacher servers: {SERVER_THREADS} "
           f"thread per forward, {SERVER_POOL} forwards at once; TLS + token: server certificate from a test CA, "
           f"bearer token; machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    pinned = args.cpus["student"] != args.cpus["teacher"]
+    print(f"CPUs: student side {args.cpus['student']}, teacher side {args.cpus['teacher']}" +
+          (" (pinned: the teacher servers and (i) on the teacher side, training and load clients on the student "
+           "side, as on two nodes)" if pinned else " (not pinned: everything shares every CPU)"))
     print(f"load average (1 min) at start {load['start']:.1f}, at end {load['end']:.1f}"
           + (": a busy machine, numbers are noisy" if busy else ""))
     print(f"samples/s: steady state (training: after the trainer's first logging window; teacher alone: after "
           f"the first answers), median [min-max] of {args.repeats} runs; wall s: median whole run "
           "(training incl. start-up)")
     print("per CPU-s: samples per CPU-second of the teacher's process (server or in-process), median")
-    print(f"{'setup':<56} {'samples/s':>10} {'range':>15} {'wall s':>7} {'per CPU-s':>10}")
-    for s in ORDER:
+    print(f"{'setup':<62} {'samples/s':>10} {'range':>15} {'wall s':>7} {'per CPU-s':>10}")
+    for s in setups:
         lo, hi = min(rates[s]), max(rates[s])
         per_cpu = f"{statistics.median(cpu[s]):.0f}" if s in cpu else ""
-        print(f"{names[s]:<56} {statistics.median(rates[s]):>10.0f} {f'{lo:.0f}-{hi:.0f}':>15} "
+        print(f"{names[s]:<62} {statistics.median(rates[s]):>10.0f} {f'{lo:.0f}-{hi:.0f}':>15} "
               f"{statistics.median(walls[s]):>7.2f} {per_cpu:>10}")
-    print(f"\n{'ratio (median of per-repeat ratios)':<42} {'value':>6} {'range':>13} {'target':>8}  met")
+    print(f"\n{'ratio (median of per-repeat ratios)':<44} {'value':>6} {'range':>13} {'target':>8}  met")
     for label, r in ratios.items():
         lo, hi = min(r["per_repeat"]), max(r["per_repeat"])
         verdict = "-" if r["target"] == "(info)" else "yes" if r["met"] else "NO"
-        print(f"{label:<42} {r['median']:>6.2f} {f'{lo:.2f}-{hi:.2f}':>13} {r['target']:>8}  {verdict}")
+        print(f"{label:<44} {r['median']:>6.2f} {f'{lo:.2f}-{hi:.2f}':>13} {r['target']:>8}  {verdict}")
     print(f"\nbytes per sample on the wire (batch {args.batch_size}, 8x8 inputs, 10 classes, protobuf sizes)")
     print(f"{'teacher signal':<14} {'request':>9} {'response':>9}")
     for w in wire:
@@ -342,10 +391,11 @@ def _report(args: argparse.Namespace, repeats: list[dict], wire: list[dict], loa
             "config": {"epochs": args.epochs, "batch_size": args.batch_size, "in_flight": args.in_flight,
                        "rpc_batches": args.rpc_batches, "load_in_flight": args.load_in_flight,
                        "load_seconds": args.load_seconds, "teacher": {"arch": args.teacher_arch, "hidden": args.teacher_hidden},
+                       "sweep_rows": args.sweep_rows, "cpus": args.cpus,
                        "repeats": args.repeats, "server_threads": SERVER_THREADS, "server_pool": SERVER_POOL,
-                       "threads": PINNED, "cpus": os.cpu_count()},
+                       "threads": PINNED, "machine_cpus": os.cpu_count()},
             "load_average_1min": load, "busy_machine": busy, "setups": names,
-            "medians": {s: statistics.median(rates[s]) for s in ORDER},
+            "medians": {s: statistics.median(rates[s]) for s in setups},
             "medians_per_cpu_s": {s: statistics.median(v) for s, v in cpu.items()}, "ratios": ratios,
             "repeats": repeats, "wire": wire}
 
@@ -366,15 +416,24 @@ def main() -> None:
                         help="the Keras teacher: the demo's MLP, or a CNN (more compute per request)")
     parser.add_argument("--teacher-hidden", default="256,128", help="its layer widths (Dense units or Conv2D "
                                                                      "filters), comma-separated")
+    parser.add_argument("--sweep-rows", type=lambda t: [int(n) for n in t.split(",") if n], default=[1024, 4096],
+                        help="serving overhead again at these rows per request (comma-separated; '' for none)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="split the CPUs in two sides, as two nodes: teacher servers and (i) on one half, "
+                             "training and load clients on the other (default; --no-pin shares every CPU)")
     parser.add_argument("--work", default="runs/bench-throughput")
     parser.add_argument("--results", default="benchmarks/results/throughput.json")
-    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-cpus", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(CHILDREN[args.child](args.child, argparse.Namespace(**json.loads(args.child_args)))))
+        os.sched_setaffinity(0, [int(c) for c in args.child_cpus.split(",")])  # before any framework starts threads
+        child = CHILDREN[args.child.partition("@")[0]]
+        print(json.dumps(child(args.child, argparse.Namespace(**json.loads(args.child_args)))))
         return
     os.environ.update(PINNED)
+    args.cpus = cpu_sides(args.pin)
     load = {"start": os.getloadavg()[0]}
     repeats, wire = _measure(args)
     load["end"] = os.getloadavg()[0]
