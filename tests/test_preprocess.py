@@ -74,3 +74,17 @@ def test_numeric_inputs_scale_and_normalise_per_feature():
     table = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)
     y = Preprocessor({"preprocess": {"mean": [2.0, 20.0], "std": [1.0, 10.0]}})({"x": table})
     np.testing.assert_allclose(y, [[-1, -1], [1, 1]])
+
+
+def test_statistics_that_do_not_fit_the_channels_are_a_data_error_naming_the_key():
+    grey = np.zeros((2, 1, 4, 4), dtype=np.uint8)  # one channel; an RGB mean/std of three values cannot apply
+    with pytest.raises(DataError, match=r"val data: preprocess 'mean'=\[0.5, 0.5, 0.5\]: expected a number or one "
+                                        r"per channel \(1 channel\(s\): inputs of shape \[1, 4, 4\]"):
+        Preprocessor({"preprocess": {"mean": [0.5, 0.5, 0.5]}}, where="val data")({"x": grey})
+    with pytest.raises(DataError, match="preprocess 'std'=\\[0.0\\]: expected finite numbers > 0"):
+        Preprocessor({"preprocess": {"std": [0.0]}})({"x": grey})
+    with pytest.raises(DataError, match="preprocess 'mean'='a lot'"):
+        Preprocessor({"preprocess": {"mean": "a lot"}})({"x": grey})
+    rgb = np.full((1, 3, 2, 2), 10, dtype=np.uint8)
+    y = Preprocessor({"preprocess": {"mean": [1.0, 2.0, 3.0], "std": 2.0}})({"x": rgb})  # per channel; one for all
+    np.testing.assert_allclose(y[0, :, 0, 0], [4.5, 4.0, 3.5])

@@ -94,10 +94,25 @@ class Preprocessor:
         if scale is not None:
             x *= np.float32(scale)
         if mean is not None:
-            x -= np.asarray(mean, dtype=np.float32).reshape(self._channel_shape(x))
+            x -= self._per_channel("mean", mean, x)
         if std is not None:
-            x /= np.asarray(std, dtype=np.float32).reshape(self._channel_shape(x))
+            x /= self._per_channel("std", std, x)
         return np.ascontiguousarray(x)
+
+    def _per_channel(self, key: str, values: Any, x: np.ndarray) -> np.ndarray:
+        """The spec's ``mean`` or ``std`` shaped to broadcast over channels-first ``x``: one number for every
+        channel, or one per channel (axis 1); anything else is a DataError naming the key and both counts."""
+        try:
+            stats = np.asarray(values, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            stats = None
+        channels = x.shape[1] if x.ndim > 1 else 1
+        if stats is None or len(stats) not in (1, channels):
+            raise DataError(f"{self.where}: preprocess '{key}'={values!r}: expected a number or one per channel "
+                            f"({channels} channel(s): inputs of shape {list(x.shape[1:])}, channels first)")
+        if key == "std" and not (np.isfinite(stats).all() and (stats > 0).all()):
+            raise DataError(f"{self.where}: preprocess 'std'={values!r}: expected finite numbers > 0")
+        return stats.reshape((1, -1, *([1] * (x.ndim - 2))) if x.ndim > 2 else (1, -1))
 
     def _image_params(self) -> tuple[tuple[int, int], int]:
         size, channels = self.spec.get("size"), self.spec.get("channels")
@@ -117,7 +132,3 @@ class Preprocessor:
             out[i] = decode_image(data, size, channels, where)
         return out
 
-    @staticmethod
-    def _channel_shape(x: np.ndarray) -> tuple[int, ...]:
-        """Broadcast per-channel statistics over [B, C, ...] (channels-first) inputs."""
-        return (1, -1, *([1] * (x.ndim - 2))) if x.ndim > 2 else (1, -1)
