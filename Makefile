@@ -13,7 +13,7 @@ RUN_DIR ?= runs/demo
 LM_RUN_DIR ?= runs/lm-demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-mlserver run run-lm test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency bench-replicas bench-data-parallel bench-token-bytes clean
+.PHONY: help venv venv-mlserver run run-lm test test-fast lint format compile upload images validate bench bench-quality bench-scale bench-latency bench-replicas bench-data-parallel bench-token-bytes bench-serving-cost clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ validate: venv  ## build every kustomize overlay, schema-check it, hadolint + ch
 
 bench: venv  ## throughput: co-located vs remote vs offline teacher, serving overhead, TLS + token cost (prints a table)
 	$(PY) benchmarks/throughput.py
+
+bench-serving-cost: venv  ## where a served teacher's CPU goes per request (event loop, forward, compute, gRPC) vs bare gRPC
+	$(PY) -m benchmarks.serving_cost $(SERVING_COST_ARGS)
 
 bench-quality: venv  ## distillation quality suite (Fashion-MNIST; ~45 min cold on 2 cores, teachers cached)
 	$(PY) -m benchmarks.quality $(QUALITY_ARGS)

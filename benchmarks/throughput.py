@@ -295,23 +295,29 @@ def _wire_bytes(endpoint: str, data: str, batch: int) -> list[dict]:
     return rows
 
 
-def _measure(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
-    """Start the plain and the TLS + token servers, label (c)'s soft labels, run the repeats."""
+def data_and_teacher(work: Path, arch: str, hidden_text: str, epochs: int) -> tuple[str, str]:
+    """The digits student split and a Keras teacher trained on the teacher's split (cached in ``work``)."""
     from crossdistill import storage
     from crossdistill.data.splits import PrepareDataConfig, prepare_data
+    from crossdistill.teacher.train_keras import TeacherTrainConfig, train_keras_teacher
+
+    splits = prepare_data(PrepareDataConfig(out=str(work / "data")))
+    hidden = [int(w) for w in hidden_text.split(",")]
+    teacher = str(work / f"teacher-{arch}-{'-'.join(map(str, hidden))}.keras")
+    if not storage.exists(teacher):
+        train_keras_teacher(TeacherTrainConfig(train=splits["train"], val=splits["val"], out=teacher, arch=arch,
+                                               hidden=hidden, epochs=epochs))
+    return splits["student"], teacher
+
+
+def _measure(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """Start the plain and the TLS + token servers, label (c)'s soft labels, run the repeats."""
     from crossdistill.deploy.config import TeacherServeConfig
     from crossdistill.deploy.serve import deploy_teacher, teardown_teacher
     from crossdistill.teacher.pseudo_label import PseudoLabelConfig, run_pseudo_label
-    from crossdistill.teacher.train_keras import TeacherTrainConfig, train_keras_teacher
 
     work = Path(args.work)
-    splits = prepare_data(PrepareDataConfig(out=str(work / "data")))
-    args.data = splits["student"]
-    hidden = [int(w) for w in args.teacher_hidden.split(",")]
-    args.teacher = str(work / f"teacher-{args.teacher_arch}-{'-'.join(map(str, hidden))}.keras")
-    if not storage.exists(args.teacher):
-        train_keras_teacher(TeacherTrainConfig(train=splits["train"], val=splits["val"], out=args.teacher,
-                                               arch=args.teacher_arch, hidden=hidden, epochs=args.teacher_epochs))
+    args.data, args.teacher = data_and_teacher(work, args.teacher_arch, args.teacher_hidden, args.teacher_epochs)
     pki = _certificates(work / "pki")
     args.ca_file, args.token_file = pki["ca"], str(work / "pki" / "token")
     Path(args.token_file).write_text(os.urandom(24).hex() + "\n")
