@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crossdistill import storage
+from crossdistill.data.finite import first_nonfinite
 from crossdistill.errors import ConfigError, DataError
 
 FORMATS = ("parquet", "csv", "jsonl", "npy", "npz", "imagefolder", "webdataset", "hf", "text")
@@ -248,13 +249,10 @@ def numeric_cells(arr: pa.Array, chunk: Chunk, column: str) -> np.ndarray:
 
 def check_finite(x: np.ndarray, chunk: Chunk, column: str) -> None:
     """Refuse NaN or Inf, naming the first row (and position inside a list cell) that holds one."""
-    if x.dtype.kind != "f":
-        return
-    flat = x.reshape(len(x), -1)
-    bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-    if len(bad_rows):
-        r = int(bad_rows[0])
-        pos = int(np.flatnonzero(~np.isfinite(flat[r]))[0])
+    bad = first_nonfinite(x)
+    if bad is not None:
+        r, pos = bad
+        flat = x.reshape(len(x), -1)
         cell = f"[{pos}]" if flat.shape[1] > 1 else ""
         raise DataError(f"{chunk.locate(r)}, column '{column}{cell}': {flat[r, pos]} (NaN and Inf are not "
                         "allowed in features)")

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from crossdistill.data.finite import first_nonfinite
 from crossdistill.data.preprocess import Preprocessor, input_column
 from crossdistill.data.shards import UNLABELED, DatasetReader
 from crossdistill.errors import CrossdistillError, DataError
@@ -135,9 +136,9 @@ class _FragmentLoader:
             cols = aligned
         for c in self.soft_columns:
             values = cols[c]
-            finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1) if values.dtype.kind == "f" else None
-            if finite is not None and not finite.all():
-                row = int(np.flatnonzero(~finite)[0])
+            bad = first_nonfinite(values)
+            if bad is not None:
+                row = bad[0]
                 raise DataError(f"{(soft or train).description}: column '{c}' holds NaN or Inf at row "
                                 f"{frag.start + row} (id {int(ids[row])})")
             out[c] = values

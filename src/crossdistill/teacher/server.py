@@ -42,6 +42,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from crossdistill.data.finite import first_nonfinite
 from crossdistill.data.shards import index_dtype
 from crossdistill.errors import CrossdistillError, ModelFormatError
 from crossdistill.teacher import protocol as P
@@ -239,11 +240,6 @@ def _number(params: Mapping[str, Any], key: str, kind: type, default: Any) -> An
     return number
 
 
-def _first_nonfinite_row(x: np.ndarray) -> int | None:
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    return None if finite.all() else int(np.argmin(finite))
-
-
 # ------------------------------------------------------------------------------------------ the model
 
 class TeacherModel(kserve.Model):
@@ -362,9 +358,10 @@ class TeacherModel(kserve.Model):
                                    f"in 0..{vocab - 1} (the teacher's vocabulary)")
         else:
             x = tensor_array(tensor, "iuf").astype(np.float32, copy=False)
-            bad = _first_nonfinite_row(x)
+            bad = first_nonfinite(x)
             if bad is not None:
-                raise InvalidInput(f"input '{P.INPUT}' holds NaN or Inf (first at row {bad}): expected finite values")
+                raise InvalidInput(f"input '{P.INPUT}' holds NaN or Inf (first at row {bad[0]}): expected finite "
+                                   "values")
         id_tensor = req.get_input_by_name(P.IDS)
         if id_tensor is None:
             ids = np.arange(len(x), dtype=np.int64)  # plain OIP clients (no ids) still get answers
