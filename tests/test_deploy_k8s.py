@@ -182,6 +182,10 @@ def test_token_and_tls_come_from_mounted_secrets_never_values() -> None:
     parsed = parse_overrides(args[2:])
     assert parsed["expose_layers"] == ["dense_0"] and parsed["class_names"] == [str(i) for i in range(10)]
     assert parsed["tls"]["key_file"] == f"{kubernetes.TLS_MOUNT}/tls.key"
+    assert parsed["max_connection_age_s"] == 300.0  # pods close connections so clients re-resolve the pool
+    kept = parse_overrides(kubernetes.container(_cfg(max_connection_age_s=None))["args"][2:])
+    assert kept["max_connection_age_s"] is None and TeacherServeConfig.model_validate(
+        {"model_uri": "m.keras", **kept}).max_connection_age_s is None
     # Mutual TLS: kubelet has no client certificate, so the probes only open a TCP connection.
     assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
     assert not [v for v in pod["volumes"] if "secret" in v and set(v["secret"]) != {"secretName", "defaultMode"}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -202,3 +203,20 @@ def test_a_teacher_that_cannot_load_is_one_line_naming_the_file_and_tensor(tmp_p
     cfg = cfg.model_copy(update={"expose_layers": [], "name": "few-names"})
     with pytest.raises(TeacherError, match=r"class_names in the config has 2 class names but the model .* has 10"):
         deploy(cfg)
+
+
+def test_connections_are_closed_at_max_connection_age_and_clients_carry_on(keras_teacher, serve_teacher, digits):
+    """max_connection_age_s: the server closes each connection after that long (so clients re-resolve a
+    dns:/// pool and find new replicas); the client reconnects and every batch is answered exactly once."""
+    endpoint = serve_teacher(keras_teacher["path"], name="aged-teacher", max_connection_age_s=0.5)
+    ready = []
+    with _client(endpoint, max_in_flight=2) as client:
+        client._channel.subscribe(lambda state: ready.append(state) if state == grpc.ChannelConnectivity.READY
+                                  else None)
+        batches = [(digits.ids[i:i + 8], digits["x"][i:i + 8], i) for i in range(0, 8 * 200, 8)]
+        answered = []
+        deadline = time.monotonic() + 2.5  # outlive several connection ages
+        while time.monotonic() < deadline:
+            answered += [(out.ids.tolist(), i) for out, i in client.stream(batches[:20])]
+    assert len(ready) >= 2  # connected again after the server closed the first connection
+    assert all(ids == digits.ids[i:i + 8].tolist() for ids, i in answered) and len(answered) % 20 == 0

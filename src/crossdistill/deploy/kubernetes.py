@@ -67,8 +67,8 @@ def teacher_image(cfg: TeacherServeConfig) -> str:
 def _arg(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return f"{key}={'true' if value else 'false'}"
-    if isinstance(value, list):
-        return f"{key}={json.dumps(value)}"  # a JSON list is a YAML flow sequence
+    if isinstance(value, list) or value is None:
+        return f"{key}={json.dumps(value)}"  # a JSON list is a YAML flow sequence, JSON null YAML's null
     text = str(value)
     # The server parses each value as a YAML scalar: quote strings YAML would read as something else.
     if isinstance(value, str) and yaml.safe_load(text) != value:
@@ -106,6 +106,7 @@ def serve_values(cfg: TeacherServeConfig) -> dict[str, Any]:
         "model_uri": cfg.model_uri, "model_format": cfg.model_format, "model_name": cfg.model_name,
         "output_is_probs": cfg.output_is_probs, "workers_threads": cfg.workers_threads,
         "expose_layers": cfg.expose_layers, "metrics": cfg.metrics, "max_message_bytes": cfg.max_message_bytes,
+        "max_connection_age_s": cfg.max_connection_age_s,
     }
     if cfg.class_names is not None:
         values["class_names"] = cfg.class_names

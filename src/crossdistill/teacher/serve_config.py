@@ -89,6 +89,10 @@ class TeacherServeConfig(StrictConfig):
     metrics: bool = Field(False, description="serve Prometheus /metrics on the REST port")
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1 << 16, le=MAX_GRPC_MESSAGE,
                                    description="largest request or answer, gRPC and REST; advertised in the metadata")
+    max_connection_age_s: float | None = Field(
+        300.0, gt=0, description="close each gRPC connection this long after it opened (GOAWAY; calls in flight "
+                                 "finish within 60 s): clients reconnect and re-resolve dns:/// endpoints, so "
+                                 "replicas added since are used. None = keep connections open")
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)

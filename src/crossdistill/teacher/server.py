@@ -90,6 +90,7 @@ _ITEMSIZE = {"BOOL": 1, "INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "FP16": 
              "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8, "BYTES": 1}
 _FLOAT_IN = ("FP32", "FP64", "FP16")
 _INT_IDS = ("INT64", "INT32")
+CONNECTION_AGE_GRACE_MS = 60_000  # calls in flight when a connection reaches max_connection_age_s (a client's timeout_s)
 
 
 # ------------------------------------------------------------------------------------- request checks
@@ -455,10 +456,13 @@ class TeacherServicer(InferenceServicer):
 def grpc_server(dataplane: DataPlane, cfg: TeacherServeConfig, token: str | None) -> grpc.aio.Server:
     """The gRPC server (not yet bound): token check first, then KServe's error-to-status mapping."""
     interceptors = ([GrpcTokenCheck(token)] if token else []) + [_ErrorsToStatus()]
+    options = [("grpc.max_send_message_length", cfg.max_message_bytes),
+               ("grpc.max_receive_message_length", cfg.max_message_bytes), ("grpc.so_reuseport", 0)]
+    if cfg.max_connection_age_s is not None:  # a client re-resolves its target when its connection is closed
+        options += [("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS)]
     server = grpc.aio.server(ThreadPoolExecutor(max_workers=max(4, cfg.workers_threads)), interceptors=interceptors,
-                             options=[("grpc.max_send_message_length", cfg.max_message_bytes),
-                                      ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                                      ("grpc.so_reuseport", 0)])
+                             options=options)
     _pb_grpc.add_GRPCInferenceServiceServicer_to_server(TeacherServicer(dataplane, cfg.max_message_bytes), server)
     return server
 
