@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from queue import SimpleQueue
 
@@ -138,8 +137,7 @@ def load_echo(port: int, pid: int, size: int, seconds: float, in_flight: int) ->
     for _ in range(in_flight):
         send()
     while time.perf_counter() < end:
-        future: Future = done.get()
-        future.result()
+        done.get().result()
         requests += 1
         send()
     for _ in range(in_flight):
