@@ -205,10 +205,11 @@ def test_a_teacher_that_cannot_load_is_one_line_naming_the_file_and_tensor(tmp_p
         deploy(cfg)
 
 
-def test_connections_are_closed_at_max_connection_age_and_clients_carry_on(keras_teacher, serve_teacher, digits):
+def test_connections_are_closed_at_max_connection_age_and_clients_carry_on(tmp_path, serve_teacher, digits):
     """max_connection_age_s: the server closes each connection after that long (so clients re-resolve a
     dns:/// pool and find new replicas); the client reconnects and every batch is answered exactly once."""
-    endpoint = serve_teacher(keras_teacher["path"], name="aged-teacher", max_connection_age_s=0.5)
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    endpoint = serve_teacher(tmp_path / "tiny.onnx", name="aged-teacher", max_connection_age_s=0.5)
     ready = []
     with _client(endpoint, max_in_flight=2) as client:
         client._channel.subscribe(lambda state: ready.append(state) if state == grpc.ChannelConnectivity.READY
