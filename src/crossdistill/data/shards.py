@@ -28,6 +28,7 @@ FORMAT = "crossdistill.dataset/v1"
 UNLABELED = -1
 BINARY = "binary"  # dtype recorded for variable-length bytes columns
 ROW_GROUP_ROWS = 4096
+MIN_GROUP_ROWS = 256
 
 
 def index_dtype(count: int) -> np.dtype:
@@ -35,7 +36,6 @@ def index_dtype(count: int) -> np.dtype:
     uint16 while every index fits (up to 65,536 entries), else int32. At 10 classes and top-5 this keeps
     top-k (5 x 2 bytes of index + 5 x 4 of log-probability) smaller than dense FP32 logits (40 bytes)."""
     return np.dtype(np.uint16) if count <= 1 << 16 else np.dtype(np.int32)
-MIN_GROUP_ROWS = 256
 
 
 @dataclass
