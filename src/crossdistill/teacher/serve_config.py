@@ -19,6 +19,7 @@ from crossdistill.errors import ConfigError
 from crossdistill.teacher.protocol import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME
 
 MAX_GRPC_MESSAGE = 2**31 - 1  # gRPC message limits are signed 32-bit
+CONNECTION_AGE_GRACE_S = 60  # calls in flight when a connection reaches max_connection_age_s (a client's timeout_s)
 SERVE_FAILED = "teacher-serve failed:"  # starts the one line a server that cannot start leaves in its log
 
 
@@ -91,7 +92,7 @@ class TeacherServeConfig(StrictConfig):
                                    description="largest request or answer, gRPC and REST; advertised in the metadata")
     max_connection_age_s: float | None = Field(
         300.0, gt=0, description="close each gRPC connection this long after it opened (GOAWAY; calls in flight "
-                                 "finish within 60 s): clients reconnect and re-resolve dns:/// endpoints, so "
+                                 f"finish within {CONNECTION_AGE_GRACE_S} s): clients reconnect and re-resolve dns:/// endpoints, so "
                                  "replicas added since are used. None = keep connections open")
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict)

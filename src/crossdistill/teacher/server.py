@@ -49,6 +49,7 @@ from crossdistill.teacher import protocol as P
 from crossdistill.teacher.adapters import TeacherAdapter, first_line, load_teacher
 from crossdistill.teacher.client import oip_modules
 from crossdistill.teacher.serve_config import (
+    CONNECTION_AGE_GRACE_S,
     SERVE_FAILED,
     TeacherServeConfig,
     resolve_class_names,
@@ -90,7 +91,6 @@ _ITEMSIZE = {"BOOL": 1, "INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "FP16": 
              "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8, "BYTES": 1}
 _FLOAT_IN = ("FP32", "FP64", "FP16")
 _INT_IDS = ("INT64", "INT32")
-CONNECTION_AGE_GRACE_MS = 60_000  # calls in flight when a connection reaches max_connection_age_s (a client's timeout_s)
 
 
 # ------------------------------------------------------------------------------------- request checks
@@ -460,7 +460,7 @@ def grpc_server(dataplane: DataPlane, cfg: TeacherServeConfig, token: str | None
                ("grpc.max_receive_message_length", cfg.max_message_bytes), ("grpc.so_reuseport", 0)]
     if cfg.max_connection_age_s is not None:  # a client re-resolves its target when its connection is closed
         options += [("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
-                    ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS)]
+                    ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_S * 1000)]
     server = grpc.aio.server(ThreadPoolExecutor(max_workers=max(4, cfg.workers_threads)), interceptors=interceptors,
                              options=options)
     _pb_grpc.add_GRPCInferenceServiceServicer_to_server(TeacherServicer(dataplane, cfg.max_message_bytes), server)
