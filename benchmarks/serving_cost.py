@@ -30,7 +30,7 @@ from pathlib import Path
 from queue import SimpleQueue
 
 from benchmarks.report import write_results
-from benchmarks.throughput import PINNED, cpu_sides, data_and_teacher, pin_process
+from benchmarks.throughput import PINNED, cpu_sides, data_and_teacher, pin_process, stat_cpu_seconds
 
 GROUPS = ("event loop", "forward pool (Python)", "framework compute", "gRPC threads", "other")
 REPLY = b"\0" * 512  # the bare server's answer: about a 256-row logits reply's order of magnitude
@@ -38,15 +38,13 @@ REPLY = b"\0" * 512  # the bare server's answer: about a 256-row logits reply's 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """``{tid: (thread name, CPU seconds)}`` of every thread of ``pid`` (user + system, from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+            out[int(tid)] = (Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip(),
+                             stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat"))
         except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
             continue
-        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return out
 
 
@@ -133,7 +131,8 @@ def load_echo(port: int, pid: int, size: int, seconds: float, in_flight: int) ->
         send()
     for _ in range(in_flight):
         done.get().result()
-    before, start, end = sum(c for _, c in thread_cpu(pid).values()), time.perf_counter(), time.perf_counter() + seconds
+    cpu = f"/proc/{pid}/stat"  # the whole process: every thread
+    before, start, end = stat_cpu_seconds(cpu), time.perf_counter(), time.perf_counter() + seconds
     for _ in range(in_flight):
         send()
     while time.perf_counter() < end:
@@ -146,7 +145,7 @@ def load_echo(port: int, pid: int, size: int, seconds: float, in_flight: int) ->
     wall = time.perf_counter() - start
     channel.close()
     return {"requests_per_s": requests / wall,
-            "ms_per_request": 1e3 * (sum(c for _, c in thread_cpu(pid).values()) - before) / requests}
+            "ms_per_request": 1e3 * (stat_cpu_seconds(cpu) - before) / requests}
 
 
 def in_process_ms(teacher: str, x: object, calls: int) -> float:

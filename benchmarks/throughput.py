@@ -175,15 +175,15 @@ def _requests(setup: str, args: argparse.Namespace) -> Iterator[tuple[Any, Any]]
         yield request
 
 
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds in a /proc ``stat`` file (a process's: all its threads; a task's: one thread)."""
+    fields = Path(stat).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15 of stat(5)
+
+
 def _process_cpu(pid: int) -> Callable[[], float]:
     """CPU seconds (user + system, all threads) process ``pid`` has used so far, read from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def read() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat(5)
-
-    return read
+    return lambda: stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def _steady(setup: str, stamps: list[tuple[float, float, int]], start: float, warm_s: float) -> dict:
